@@ -1,0 +1,90 @@
+"""Spatial derivatives of neural fields, for batches of points.
+
+A *field* here is any callable ``f(x)`` mapping points ``x`` of shape ``(n, d)`` to values of
+shape ``(n, c)`` **pointwise**: row ``i`` of the output depends only on row ``i`` of the input
+(true of every MLP, SIREN included). Derivatives are taken in forward mode
+(:func:`torch.func.jvp`, one pass per spatial direction), so they compose with
+:func:`torch.func.vmap` / :func:`torch.func.jacrev` over the weights and with ordinary autograd.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+from torch.func import jvp
+
+__all__ = ["Field", "jacobian", "gradient", "divergence", "laplacian", "directional_derivative"]
+
+Field = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _check_points(x: torch.Tensor) -> None:
+    if not isinstance(x, torch.Tensor) or x.ndim != 2:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"points must be a tensor of shape (n, dim), got {shape}")
+
+
+def _unit(x: torch.Tensor, k: int) -> torch.Tensor:
+    e = torch.zeros_like(x)
+    e[:, k] = 1.0
+    return e
+
+
+def directional_derivative(f: Field, x: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``(v . grad) f`` at each point.
+
+    Args:
+        f: a pointwise field ``(n, d) -> (n, c)``.
+        x: points, shape ``(n, d)``.
+        v: directions, shape ``(n, d)`` (or broadcastable to it).
+
+    Returns:
+        Tensor of shape ``(n, c)``.
+    """
+    _check_points(x)
+    return jvp(f, (x,), (torch.broadcast_to(v, x.shape).to(x),))[1]
+
+
+def jacobian(f: Field, x: torch.Tensor) -> torch.Tensor:
+    """Jacobian ``df_i/dx_j`` at each point, shape ``(n, c, d)``."""
+    _check_points(x)
+    cols = [jvp(f, (x,), (_unit(x, k),))[1] for k in range(x.shape[1])]
+    return torch.stack(cols, dim=-1)
+
+
+def gradient(f: Field, x: torch.Tensor) -> torch.Tensor:
+    """Gradient of a scalar field, shape ``(n, d)``.
+
+    Raises:
+        ValueError: if the field has more than one channel (use :func:`jacobian`).
+    """
+    jac = jacobian(f, x)
+    if jac.shape[1] != 1:
+        raise ValueError(f"gradient needs a scalar field, this one has {jac.shape[1]} channels; "
+                         "use jacobian() for vector fields")
+    return jac[:, 0, :]
+
+
+def divergence(f: Field, x: torch.Tensor) -> torch.Tensor:
+    """Divergence ``sum_k df_k/dx_k`` of a vector field with ``c == d``, shape ``(n, 1)``."""
+    _check_points(x)
+    out = None
+    for k in range(x.shape[1]):
+        col = jvp(f, (x,), (_unit(x, k),))[1]
+        if col.shape[1] != x.shape[1]:
+            raise ValueError(f"divergence needs as many channels as dimensions, got {col.shape[1]} "
+                             f"channels in {x.shape[1]} dimensions")
+        out = col[:, k:k + 1] if out is None else out + col[:, k:k + 1]
+    return out
+
+
+def laplacian(f: Field, x: torch.Tensor) -> torch.Tensor:
+    """Laplacian ``sum_k d^2 f/dx_k^2`` of each channel, shape ``(n, c)``."""
+    _check_points(x)
+    out = None
+    for k in range(x.shape[1]):
+        e = _unit(x, k)
+        second = jvp(lambda y: jvp(f, (y,), (e,))[1], (x,), (e,))[1]
+        out = second if out is None else out + second
+    return out

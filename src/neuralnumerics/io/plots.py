@@ -1,0 +1,73 @@
+"""Pictures of runs: frames of 1D fields and animations. matplotlib and Pillow are imported lazily."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+__all__ = ["plot_field_1d", "plot_error_curve", "write_animation"]
+
+
+def _pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("pictures need matplotlib: pip install 'neuralnumerics[plot]'") from exc
+    return plt
+
+
+def plot_field_1d(path: str | Path, x: np.ndarray, values: np.ndarray, *, exact: np.ndarray | None = None,
+                  title: str = "", ylim: tuple[float, float] | None = None, label: str = "INSR") -> Path:
+    """Save a line plot of a 1D field (and the exact solution, dashed) to ``path`` (PNG)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.2), dpi=100)
+    ax.plot(x, values, color="C0", lw=1.8, label=label)
+    if exact is not None:
+        ax.plot(x, exact, color="k", lw=1.0, ls="--", label="exact")
+        ax.legend(loc="upper right", frameon=False)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.set_xlim(float(x.min()), float(x.max()))
+    ax.set_xlabel("x")
+    ax.set_ylabel("u")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_error_curve(path: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], *,
+                     xlabel: str = "t", ylabel: str = "relative L2 error", title: str = "") -> Path:
+    """Save error-versus-time curves (log scale) to ``path``; ``curves`` maps a label to ``(t, error)``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=100)
+    for label, (t, err) in curves.items():
+        ax.semilogy(t, err, lw=1.6, label=label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(frameon=False)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def write_animation(frames: Sequence[str | Path], path: str | Path, *, fps: int = 10) -> Path | None:
+    """Join PNG frames into an animated GIF at ``path``; returns ``None`` when there are no frames."""
+    if not frames:
+        return None
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover
+        raise ImportError("animations need Pillow: pip install 'neuralnumerics[plot]'") from exc
+    images = [Image.open(f).convert("P", palette=Image.Palette.ADAPTIVE) for f in frames]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / max(fps, 1)), loop=0)
+    return Path(path)

@@ -1,0 +1,281 @@
+"""Run a scenario into a run directory: the layer behind ``neuralnumerics run``.
+
+Writes ``config.json`` before the first step, one line of ``metrics.jsonl`` and a checkpoint per
+step, frames and an animation, and ``summary.json`` at the end. ``resume=True`` continues from the
+last checkpoint and reproduces, on the CPU, exactly the metrics of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .._status import StepDivergedError
+from ..fields import param_count
+from ..pde.evolve import StepRecord, Trajectory, evolve
+from ..pde.fit import FitConfig
+from ..pde.integrators import get_integrator
+from ..scenarios import get_scenario
+from .plots import plot_field_1d, write_animation
+from .rundir import RunDir, RunDirError
+
+__all__ = ["run_scenario", "resolve_config"]
+
+# config keys that may change when a run is resumed (they do not change the computed results)
+_RESUMABLE_CHANGES = {"steps"}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 2**10
+
+
+def _pick_device(device: str | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda was asked for but this PyTorch sees no CUDA device; use --device cpu "
+                         "or install a CUDA build of torch")
+    return dev
+
+
+def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None = None, seed: int = 0,
+                   device: str | None = None, dtype: str = "float32", method: str = "insr",
+                   integrator: str | None = None, optimizer: str | None = None, max_fit_iters: int | None = None,
+                   rtol: float | None = None, frame_every: int | None = None, checkpoint_every: int = 1,
+                   options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The complete, checked configuration of a run (what ``config.json`` holds).
+
+    Raises:
+        ValueError: naming the bad value: unknown scenario, option, method, integrator or optimizer, or a
+            non-positive ``dt``/``steps``.
+    """
+    sc = get_scenario(scenario)
+    d = sc.defaults
+    steps = d.get("steps", 100) if steps is None else steps
+    dt = d.get("dt", 0.01) if dt is None else dt
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"--steps must be a non-negative integer, got {steps!r}")
+    if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
+        raise ValueError(f"--dt must be a positive number, got {dt!r}")
+    if method not in sc.methods:
+        raise ValueError(f"scenario {scenario!r} has no method {method!r}; choose one of {list(sc.methods)}")
+    if dtype not in ("float32", "float64"):
+        raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
+    integrator = integrator or d.get("integrator", "midpoint")
+    get_integrator(integrator)  # raises on an unknown name
+    fit = FitConfig(optimizer=optimizer or d.get("optimizer", "lm"), max_iters=max_fit_iters,
+                    **({} if rtol is None else {"rtol": rtol}))
+    if checkpoint_every < 1:
+        raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
+    frame_every = frame_every or max(1, steps // 60)
+    return {
+        "scenario": scenario, "method": method, "steps": steps, "dt": float(dt), "seed": int(seed),
+        "device": str(_pick_device(device)), "dtype": dtype, "integrator": integrator,
+        "fit": {"optimizer": fit.optimizer, "max_iters": fit.iters, "rtol": fit.rtol},
+        "frame_every": int(frame_every), "checkpoint_every": int(checkpoint_every),
+        "options": sc.resolve(options), "torch": torch.__version__,
+    }
+
+
+def _check_resume(stored: dict[str, Any], config: dict[str, Any]) -> None:
+    diffs = [f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in sorted(set(stored) | set(config))
+             if k not in _RESUMABLE_CHANGES and k != "torch" and stored.get(k) != config.get(k)]
+    if diffs:
+        raise RunDirError("cannot resume: the run was started with another configuration ("
+                          + "; ".join(diffs) + "); resume with the same settings or use --overwrite")
+
+
+def run_scenario(scenario: str, *, out: str | None = None, resume: bool = False, overwrite: bool = False,
+                 progress: bool = True, log: Callable[[str], None] | None = None, **settings: Any) -> dict[str, Any]:
+    """Run ``scenario`` into the run directory ``out`` and return the summary.
+
+    Args:
+        scenario: a name from :data:`neuralnumerics.scenarios.SCENARIOS`.
+        out: run directory (default ``runs/<scenario>``).
+        resume: continue the run in ``out`` from its last checkpoint.
+        overwrite: replace whatever is in ``out``.
+        progress: show a progress bar over time steps (tqdm when installed).
+        log: where progress lines go when tqdm is missing (default: stderr).
+        **settings: the keyword arguments of :func:`resolve_config`.
+
+    Returns:
+        The summary dict also written to ``summary.json``.
+
+    Raises:
+        ValueError, RunDirError: on bad settings or an unusable run directory (nothing is written).
+        StepDivergedError: when a step fails; everything up to the last good step stays on disk and
+            ``summary.json`` records the failure.
+    """
+    config = resolve_config(scenario, **settings)
+    rd = RunDir(out or f"runs/{scenario}", resume=resume, overwrite=overwrite)
+    if resume:
+        _check_resume(rd.read_config(), config)
+    rd.write_config(config)
+    sc = get_scenario(scenario)
+    problem = sc.build(config["options"])
+    device = _pick_device(config["device"])
+    dtype = getattr(torch, config["dtype"])
+    runner = _run_insr if config["method"] == "insr" else _run_grid
+    started = time.perf_counter()
+    summary: dict[str, Any] = {"scenario": scenario, "method": config["method"], "run_dir": str(rd.path)}
+    try:
+        runner(rd, problem, config, device, dtype, resume, _progress(config, progress, log))
+        summary["status"] = "completed"
+    except StepDivergedError as exc:
+        summary.update(status="diverged", message=str(exc))
+        raise
+    finally:
+        metrics = rd.read_metrics()
+        summary.update(_summarise(metrics, config, device))
+        summary["wall_seconds_this_session"] = time.perf_counter() - started
+        frames = rd.frames()
+        if frames:
+            anim = write_animation(frames, rd.path / "animation.gif", fps=10)
+            summary["animation"] = str(anim)
+        rd.write_summary(summary)
+    return summary
+
+
+def _summarise(metrics: list[dict], config: dict, device: torch.device) -> dict[str, Any]:
+    stepped = [m for m in metrics if m["step"] > 0]
+    last = metrics[-1] if metrics else {}
+    return {
+        "steps": last.get("step", 0), "t_final": last.get("t", 0.0),
+        "final_error": last.get("error"), "final_loss": last.get("loss"),
+        "seconds_per_step": float(np.mean([m["seconds"] for m in stepped])) if stepped else None,
+        "fit_iters_per_step": float(np.mean([m["fit_iters"] for m in stepped])) if stepped else None,
+        "initial_fit_seconds": metrics[0]["seconds"] if metrics else None,
+        "peak_memory_mb": _peak_memory_mb(device),
+        "integrator": config["integrator"], "dt": config["dt"],
+    }
+
+
+class _progress:
+    """A progress bar over time steps showing the current loss (tqdm, or plain lines without it)."""
+
+    def __init__(self, config: dict, enabled: bool, log: Callable[[str], None] | None) -> None:
+        self.total, self.enabled = config["steps"], enabled
+        self.log = log or (lambda s: print(s, file=sys.stderr, flush=True))
+        self.bar = None
+
+    def start(self, initial: int) -> None:
+        if not self.enabled:
+            return
+        try:
+            from tqdm.auto import tqdm
+        except ImportError:
+            self.log(f"running {self.total} steps (pip install tqdm for a progress bar)")
+            return
+        self.bar = tqdm(total=self.total, initial=initial, unit="step", dynamic_ncols=True)
+
+    def update(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        err = record.get("error")
+        text = f"loss={record['loss']:.2e}" + (f" err={err:.2e}" if err is not None else "")
+        if self.bar is not None:
+            if record["step"] > 0:
+                self.bar.update(1)
+            self.bar.set_postfix_str(text)
+        elif record["step"] % max(1, self.total // 20) == 0 or record["step"] == self.total:
+            self.log(f"step {record['step']}/{self.total} {text}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _frame(rd: RunDir, problem, step: int, t: float, field, ylim, label: str) -> None:
+    x = problem.eval_points(dtype=torch.float64)
+    values = field(x).double()
+    exact = problem.exact(x, t)
+    plot_field_1d(rd.frame_path(step), x[:, 0].numpy(), values[:, 0].cpu().numpy(),
+                  exact=None if exact is None else exact[:, 0].numpy(), ylim=ylim, label=label,
+                  title=f"{problem.name}  step {step}  t = {t:.3f}")
+
+
+def _ylim(problem) -> tuple[float, float]:
+    u0 = problem.initial(problem.eval_points(dtype=torch.float64))
+    lo, hi = float(u0.min()), float(u0.max())
+    pad = 0.15 * max(hi - lo, 1e-6)
+    return lo - pad, hi + pad
+
+
+def _run_insr(rd: RunDir, problem, config, device, dtype, resume, bar) -> None:
+    start = None
+    if resume and rd.checkpoint_steps():
+        step = rd.checkpoint_steps()[-1]
+        ckpt = rd.load_checkpoint(step)
+        start = (int(ckpt["step"]), ckpt["weights"], ckpt.get("prev_weights"))
+        rd.truncate_metrics(step)
+    elif resume:
+        rd.truncate_metrics(-1)
+    ylim = _ylim(problem)
+    fit = FitConfig(optimizer=config["fit"]["optimizer"], max_iters=config["fit"]["max_iters"],
+                    rtol=config["fit"]["rtol"])
+    last_weights: dict[int, torch.Tensor] = {}
+    if start is not None:
+        last_weights[start[0]] = start[1]
+
+    def callback(record: StepRecord, traj: Trajectory) -> None:
+        row = record.to_dict()
+        row["peak_memory_mb"] = _peak_memory_mb(device)
+        rd.append_metrics(row)
+        w = traj.weights(record.step)
+        prev = last_weights.get(record.step - 1)
+        if record.step % config["checkpoint_every"] == 0 or record.step == config["steps"]:
+            rd.save_checkpoint(record.step, {"step": record.step, "t": record.t, "weights": w.cpu(),
+                                             "prev_weights": None if prev is None else prev.cpu(),
+                                             "config": config})
+        last_weights.clear()
+        last_weights[record.step] = w
+        if record.step % config["frame_every"] == 0 or record.step == config["steps"]:
+            _frame(rd, problem, record.step, record.t, traj.field(record.step), ylim, "INSR")
+        bar.update(row)
+
+    bar.start(0 if start is None else start[0])
+    try:
+        evolve(problem, dt=config["dt"], steps=config["steps"], integrator=config["integrator"], fit=fit,
+               seed=config["seed"], device=device, dtype=dtype, callback=callback, start=start, keep="last")
+    finally:
+        bar.close()
+
+
+def _run_grid(rd: RunDir, problem, config, device, dtype, resume, bar) -> None:
+    # The grid baseline is cheap and deterministic: a resumed run recomputes it from the start.
+    from ..classical.advection import GridAdvection1D
+
+    rd.truncate_metrics(-1)
+    opts = config["options"]
+    cells = opts.get("grid_cells") or param_count(problem.default_field())
+    solver = GridAdvection1D(problem, cells, scheme=opts.get("grid_scheme", "semi-lagrangian"),
+                             dtype=dtype, device=device)
+    bar.start(0)
+    try:
+        traj = solver.run(dt=config["dt"], steps=config["steps"])
+        errors = traj.errors(problem)
+        ylim = _ylim(problem)
+        for step in range(config["steps"] + 1):
+            row = {"step": step, "t": step * config["dt"], "loss": 0.0, "fit_iters": 0,
+                   "seconds": traj.seconds[step - 1] if step > 0 else 0.0, "status": "success",
+                   "error": errors[step], "memory_bytes": traj.memory_bytes,
+                   "peak_memory_mb": _peak_memory_mb(device)}
+            rd.append_metrics(row)
+            if step % config["checkpoint_every"] == 0 or step == config["steps"]:
+                rd.save_checkpoint(step, {"step": step, "values": traj.values[step].cpu(), "config": config})
+            if step % config["frame_every"] == 0 or step == config["steps"]:
+                _frame(rd, problem, step, step * config["dt"], traj.field(step), ylim,
+                       f"grid ({cells} cells, {solver.scheme})")
+            bar.update(row)
+    finally:
+        bar.close()

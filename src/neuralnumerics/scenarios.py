@@ -1,0 +1,112 @@
+"""Named scenarios the command line can run: a problem, its options and its default run settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .pde.advection import Advection1D, gaussian_pulse
+from .pde.problem import Problem
+
+__all__ = ["Option", "Scenario", "SCENARIOS", "get_scenario"]
+
+
+@dataclass(frozen=True)
+class Option:
+    """A scenario option, given on the command line as ``--name value`` (``_`` written as ``-``)."""
+
+    name: str
+    type: type
+    default: Any
+    help: str
+    choices: tuple | None = None
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A runnable simulation setup.
+
+    Attributes:
+        name: the name used on the command line.
+        description: one line for ``neuralnumerics list``.
+        build: makes the problem from the resolved options.
+        options: the scenario's own options.
+        defaults: default run settings (``dt``, ``steps``, ``integrator``, ``optimizer``).
+        methods: ``"insr"`` and the classical baselines that can run it.
+    """
+
+    name: str
+    description: str
+    build: Callable[[dict[str, Any]], Problem]
+    options: tuple[Option, ...] = ()
+    defaults: dict[str, Any] = field(default_factory=dict)
+    methods: tuple[str, ...] = ("insr",)
+
+    def resolve(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The scenario's options with ``given`` values applied, checked and converted.
+
+        Raises:
+            ValueError: on an unknown option name or a value of the wrong type or outside its choices.
+        """
+        given = dict(given or {})
+        known = {o.name: o for o in self.options}
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise ValueError(f"scenario {self.name!r} has no option {', '.join(map(repr, unknown))}; its options are "
+                             f"{', '.join(sorted(known)) or '(none)'}")
+        out = {}
+        for name, opt in known.items():
+            value = given.get(name, opt.default)
+            try:
+                value = opt.type(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"option {name!r} of scenario {self.name!r} needs a {opt.type.__name__}, "
+                                 f"got {value!r}") from None
+            if opt.choices is not None and value not in opt.choices:
+                raise ValueError(f"option {name!r} of scenario {self.name!r} must be one of {list(opt.choices)}, "
+                                 f"got {value!r}")
+            out[name] = value
+        return out
+
+
+def _advection1d(o: dict[str, Any]) -> Advection1D:
+    return Advection1D(velocity=o["velocity"], initial=gaussian_pulse(o["center"], o["width"]), length=o["length"],
+                       n_points=o["n_points"], hidden_features=o["hidden_features"],
+                       hidden_layers=o["hidden_layers"], boundary_weight=o["boundary_weight"])
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "advection1d": Scenario(
+        name="advection1d",
+        description="1D advection of a Gaussian pulse (INSR paper, Sec. 5.1): u_t + v u_x = 0, exact solution known",
+        build=_advection1d,
+        options=(
+            Option("velocity", float, 0.25, "advection speed v"),
+            Option("length", float, 4.0, "domain length L; the domain is [-L/2, L/2]"),
+            Option("center", float, -1.5, "initial pulse centre"),
+            Option("width", float, 0.1, "initial pulse width (standard deviation)"),
+            Option("n_points", int, 5000, "sample points per fit"),
+            Option("hidden_features", int, 20, "SIREN width"),
+            Option("hidden_layers", int, 2, "SIREN hidden layers"),
+            Option("boundary_weight", float, 1.0, "weight of the zero-boundary residual"),
+            Option("grid_cells", int, 0, "cells of the grid baseline (0: as many as the SIREN has weights)"),
+            Option("grid_scheme", str, "semi-lagrangian", "scheme of the grid baseline",
+                   ("upwind", "lax-wendroff", "crank-nicolson", "semi-lagrangian")),
+        ),
+        defaults={"dt": 0.05, "steps": 240, "integrator": "midpoint", "optimizer": "lm"},
+        methods=("insr", "grid"),
+    ),
+}
+
+
+def get_scenario(name: str) -> Scenario:
+    """The scenario called ``name``.
+
+    Raises:
+        ValueError: naming the known scenarios when ``name`` is not one of them.
+    """
+    try:
+        return SCENARIOS[name]
+    except KeyError:
+        raise ValueError(f"unknown scenario {name!r}; choose one of {', '.join(sorted(SCENARIOS))} "
+                         f"(neuralnumerics list shows them)") from None
