@@ -103,9 +103,19 @@ class Advection1D(Problem):
     def default_field(self, *, generator=None, dtype=None, device=None) -> nn.Module:
         return SIREN(1, 1, self.hidden_features, self.hidden_layers, generator=generator, dtype=dtype, device=device)
 
-    def boundary_terms(self, t: float) -> list[ResidualTerm]:
+    def boundary_terms(self, t: float, operator_power: int = 1) -> list[ResidualTerm]:
         ends = torch.tensor([[self.domain.lo[0]], [self.domain.hi[0]]], dtype=torch.float64)
-        return [ResidualTerm("boundary", lambda u, x: u(x), lambda generator, quasi: ends, self.boundary_weight)]
+        terms = [ResidualTerm("boundary", lambda u, x: u(x), lambda generator, quasi: ends, self.boundary_weight)]
+        if operator_power >= 2 and self.velocity != 0:
+            # A residual with (v d/dx)^2 is second order in x: both roots of its characteristic
+            # equation decay downstream, so it needs two conditions at the inflow. With zero inflow
+            # the exact solution also has u_x = 0 there; without it the fit has a free boundary-layer
+            # mode at the inflow that grows from step to step.
+            # The condition is A u = -v u_x = 0 at the inflow.
+            inflow = ends[:1] if self.velocity > 0 else ends[1:]
+            terms.append(ResidualTerm("inflow_operator", lambda u, x: self.rhs(u, x, t),
+                                      lambda generator, quasi: inflow, self.boundary_weight))
+        return terms
 
     def config(self) -> dict:
         return {"name": self.name, "velocity": self.velocity, "length": self.length,

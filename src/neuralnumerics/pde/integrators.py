@@ -52,12 +52,15 @@ class TimeIntegrator(ABC):
         order: global order of accuracy in ``dt``.
         implicit: whether ``f`` is evaluated at the new field.
         needs_linear: the method is written for linear autonomous ``f`` (``problem.linear``).
+        operator_power: highest power of the spatial operator in the residual; a residual with ``A^2``
+            has twice the differential order and needs boundary conditions on ``A u`` as well.
     """
 
     name: ClassVar[str]
     order: ClassVar[int]
     implicit: ClassVar[bool] = True
     needs_linear: ClassVar[bool] = False
+    operator_power: ClassVar[int] = 1
     description: ClassVar[str] = ""
 
     @abstractmethod
@@ -128,6 +131,7 @@ class GaussLegendre2(TimeIntegrator):
     name = "gauss-legendre2"
     order = 4
     needs_linear = True
+    operator_power = 2
     description = "2-stage Gauss-Legendre (order 4), for linear autonomous problems"
 
     def residual(self, rhs, u_new, u_prev, x, t, dt):

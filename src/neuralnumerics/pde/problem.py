@@ -75,8 +75,12 @@ class Problem(ABC):
         return lambda generator, quasi: self.domain.sample(n, generator=generator, quasi=quasi,
                                                            dtype=torch.float64)
 
-    def boundary_terms(self, t: float) -> list[ResidualTerm]:
-        """Residual terms imposing the boundary conditions at time ``t`` (none by default)."""
+    def boundary_terms(self, t: float, operator_power: int = 1) -> list[ResidualTerm]:
+        """Residual terms imposing the boundary conditions at time ``t`` (none by default).
+
+        ``operator_power`` is the integrator's :attr:`~TimeIntegrator.operator_power`: when the step
+        residual applies the spatial operator twice, conditions on ``A u`` may be needed too.
+        """
         return []
 
     def initial_terms(self) -> list[ResidualTerm]:
@@ -90,7 +94,7 @@ class Problem(ABC):
                              f"{self.name!r} is not; use 'midpoint' or 'implicit-euler'")
         pde = ResidualTerm("pde", lambda u, x: integrator.residual(self.rhs, u, u_prev, x, t, dt),
                            self.sampler(self.n_points))
-        return [pde] + self.boundary_terms(t + dt)
+        return [pde] + self.boundary_terms(t + dt, integrator.operator_power)
 
     def config(self) -> dict:
         """JSON-serialisable description of the problem's parameters."""
