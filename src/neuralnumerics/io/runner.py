@@ -28,7 +28,7 @@ from .rundir import RunDir, RunDirError
 __all__ = ["run_scenario", "resolve_config"]
 
 # config keys that may change when a run is resumed (they do not change the computed results)
-_RESUMABLE_CHANGES = {"steps"}
+_RESUMABLE_CHANGES = {"steps", "frame_every"}
 
 
 def _peak_memory_mb(device: torch.device) -> float:
@@ -83,7 +83,7 @@ def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None 
         "device": str(_pick_device(device)), "dtype": dtype, "integrator": integrator,
         "fit": {"optimizer": fit.optimizer, "max_iters": fit.iters, "rtol": fit.rtol},
         "frame_every": int(frame_every), "checkpoint_every": int(checkpoint_every),
-        "options": sc.resolve(options), "torch": torch.__version__,
+        "options": sc.resolve(options), "torch": str(torch.__version__),
     }
 
 
