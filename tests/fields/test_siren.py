@@ -116,3 +116,11 @@ def test_float64_init_matches_bounds_in_float64():
         n = layer.in_features
         bound = 1.0 / n if i == 0 else math.sqrt(6.0 / n) / 30.0
         assert float(layer.weight.detach().abs().max()) <= bound
+
+
+def test_construction_leaves_the_global_generator_alone():
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    SIREN(2, 1, 16, 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(torch.rand(3), expected)

@@ -68,9 +68,12 @@ class SIREN(nn.Module):
         self.first_omega = float(first_omega)
         self.hidden_omega = float(hidden_omega)
         widths = [self.in_features] + [self.hidden_features] * (self.hidden_layers + 1) + [self.out_features]
-        self.layers = nn.ModuleList(
-            nn.Linear(a, b, dtype=dtype, device=device) for a, b in zip(widths[:-1], widths[1:])
-        )
+        # nn.Linear draws a default initialisation from the global generator; it is overwritten
+        # below, so fork the global state to leave it untouched (randomness comes from `generator`).
+        with torch.random.fork_rng(devices=[]):
+            self.layers = nn.ModuleList(
+                nn.Linear(a, b, dtype=dtype, device=device) for a, b in zip(widths[:-1], widths[1:])
+            )
         self.reset_parameters(generator)
 
     @torch.no_grad()
