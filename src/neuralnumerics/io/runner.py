@@ -87,9 +87,20 @@ def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None 
     }
 
 
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v
+    return out
+
+
 def _check_resume(stored: dict[str, Any], config: dict[str, Any]) -> None:
-    diffs = [f"{k}: stored {stored.get(k)!r}, now {config.get(k)!r}" for k in sorted(set(stored) | set(config))
-             if k not in _RESUMABLE_CHANGES and k != "torch" and stored.get(k) != config.get(k)]
+    old, new = _flatten(stored), _flatten(config)
+    diffs = [f"{k}: stored {old.get(k)!r}, now {new.get(k)!r}" for k in sorted(set(old) | set(new))
+             if k not in _RESUMABLE_CHANGES and k != "torch" and old.get(k) != new.get(k)]
     if diffs:
         raise RunDirError("cannot resume: the run was started with another configuration ("
                           + "; ".join(diffs) + "); resume with the same settings or use --overwrite")

@@ -79,6 +79,8 @@ class FitConfig:
         warmup_iters: Adam iterations (at ``warmup_lr``, no decay) run before a lm/lbfgs fit; useful
             from a random initialisation, where Gauss-Newton steps can stall far from a good fit.
         warmup_lr: learning rate of the warm-up.
+        reuse_jacobian: lm takes extra "chord" steps with the last Jacobian while they halve the loss,
+            which saves Jacobian evaluations when successive steps are alike.
     """
 
     optimizer: str = "lm"
@@ -92,6 +94,7 @@ class FitConfig:
     damping: float = 1e-6
     warmup_iters: int = 0
     warmup_lr: float = 1e-3
+    reuse_jacobian: bool = True
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -226,7 +229,6 @@ def _fit_lm(module: nn.Module, terms, config: FitConfig, generator, target: floa
         J = jacobian(theta).double()
         A = J.T @ J
         g = J.T @ r.double()
-        del J
         diag = A.diagonal().clamp_min(1e-12 * float(A.diagonal().max()) + 1e-300)
         accepted = False
         while lam < 1e16:
@@ -253,6 +255,21 @@ def _fit_lm(module: nn.Module, terms, config: FitConfig, generator, target: floa
         decrease = loss - new_loss
         theta, r, loss = trial, r_trial, new_loss
         history.append(loss)
+        # Chord steps: reuse this Jacobian and its factorisation with the new residual (g = J^T r costs
+        # O(N p), a fraction of a new Jacobian and J^T J) while each step at least halves the loss.
+        while config.reuse_jacobian and loss > target and iters < config.iters:
+            delta = torch.cholesky_solve(-(J.T @ r.double())[:, None], L)[:, 0]
+            trial = theta + delta.to(theta.dtype)
+            with torch.no_grad():
+                r_trial = residual_vector(trial)
+            new_loss = float(r_trial.double().square().sum())
+            if not (math.isfinite(new_loss) and new_loss < 0.5 * loss):
+                break
+            iters += 1
+            decrease = loss - new_loss
+            theta, r, loss = trial, r_trial, new_loss
+            history.append(loss)
+        del J
         if loss <= target:
             status = Status.SUCCESS
             break
@@ -263,6 +280,10 @@ def _fit_lm(module: nn.Module, terms, config: FitConfig, generator, target: floa
     with torch.no_grad():
         losses = {k: float(v) for k, v in _term_losses(module, theta, terms, points).items()}
     return FitReport(status, loss, losses, iters, 0.0, history)
+
+
+class _NonFiniteLoss(Exception):
+    pass
 
 
 def _fit_lbfgs(module: nn.Module, terms, config: FitConfig, generator, target: float) -> FitReport:
@@ -278,6 +299,8 @@ def _fit_lbfgs(module: nn.Module, terms, config: FitConfig, generator, target: f
     def closure():
         opt.zero_grad()
         loss = sum(_term_losses(module, torch.cat([p.reshape(-1) for p in params]), terms, points).values())
+        if not torch.isfinite(loss.detach()):
+            raise _NonFiniteLoss  # torch's line search would fail obscurely on NaN
         loss.backward()
         return loss
 
@@ -292,7 +315,11 @@ def _fit_lbfgs(module: nn.Module, terms, config: FitConfig, generator, target: f
             status = Status.SUCCESS
             break
         opt.param_groups[0]["max_iter"] = min(chunk, config.iters - iters)
-        opt.step(closure)
+        try:
+            opt.step(closure)
+        except _NonFiniteLoss:
+            load_flat_params(module, theta0)
+            return FitReport(Status.DIVERGED, float("nan"), {}, iters, 0.0, history)
         iters = int(opt.state[params[0]].get("n_iter", iters + 1))
         new = current()
         history.append(new)
@@ -327,7 +354,8 @@ def _fit_adam(module: nn.Module, terms, config: FitConfig, generator, target: fl
         value = float(loss.detach())
         if not math.isfinite(value):
             load_flat_params(module, last_good)
-            return FitReport(Status.DIVERGED, value, {k: float(v) for k, v in losses.items()}, iters, 0.0, history)
+            return FitReport(Status.DIVERGED, value, {k: float(v.detach()) for k, v in losses.items()}, iters, 0.0,
+                             history)
         loss.backward()
         opt.step()
         # the paper steps the plateau scheduler on the main (first) term's loss

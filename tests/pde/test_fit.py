@@ -1,0 +1,172 @@
+"""``fit_field``: the three optimisers on a regression with a known answer, the stopping rule, NaN handling
+and ``FitConfig`` validation.
+
+The regression fits a SIREN 1x16 (321 weights) to ``sin(2x)`` on ``[-1, 1]`` in float64; the oracle is the
+target function itself, evaluated on a dense held-out grid as well as on the fit's own points.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from neuralnumerics import Status
+from neuralnumerics.fields import SIREN, flat_params
+from neuralnumerics.pde import Box, FitConfig, ResidualTerm, fit_field
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+F64 = torch.float64
+BOX = Box((-1.0,), (1.0,))
+HELD_OUT = torch.linspace(-1, 1, 1001, dtype=F64)[:, None]
+
+
+def sine_term(n: int = 200) -> ResidualTerm:
+    return ResidualTerm("data", lambda u, x: u(x) - torch.sin(2 * x),
+                        lambda generator, quasi: BOX.sample(n, generator=generator, quasi=quasi, dtype=F64))
+
+
+def net(seed: int = 0) -> SIREN:
+    return SIREN(1, 1, 16, 1, first_omega=3.0, generator=torch.Generator().manual_seed(seed), dtype=F64)
+
+
+def held_out_mse(module) -> float:
+    with torch.no_grad():
+        return float((module(HELD_OUT) - torch.sin(2 * HELD_OUT)).square().mean())
+
+
+def fit(module, config: FitConfig, term: ResidualTerm | None = None, **kwargs):
+    return fit_field(module, [term or sine_term()], config, generator=torch.Generator().manual_seed(1), **kwargs)
+
+
+# Final loss, seed 0 (seeds 1-3 in brackets), starting from 0.61:
+#   lm: 200 Adam warm-up iterations then 20 LM: 1.2e-8 (5e-9, 6e-9, 8e-9)
+#   lbfgs: 100 iterations: 1.9e-8 (1.5e-9, 7e-8, 2.5e-8)
+#   adam: 500 iterations at lr 1e-3: 1.9e-6 (1.8e-6, 9.9e-6, 5.3e-6)
+# Thresholds are ~3x the seed-0 figure. With rtol = ftol = 0 every fit runs to its iteration cap.
+CASES = {
+    "lm": (FitConfig("lm", max_iters=20, rtol=0.0, ftol=0.0, warmup_iters=200), 3e-8, 220),
+    "lbfgs": (FitConfig("lbfgs", max_iters=100, rtol=0.0, ftol=0.0), 6e-8, 100),
+    "adam": (FitConfig("adam", max_iters=500, lr=1e-3), 6e-6, 500),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_each_optimizer_fits_a_sine(name):
+    config, threshold, iters = CASES[name]
+    module = net()
+    start = held_out_mse(module)
+    report = fit(module, config)
+    assert start > 0.3  # the fit has work to do
+    assert report.loss < threshold, report.loss
+    assert report.iters == iters
+    assert report.status is Status.MAX_ITERS
+    assert set(report.losses) == {"data"} and report.losses["data"] == pytest.approx(report.loss, rel=1e-12)
+    # the fitted weights are the module's own, and they generalise between the sample points
+    assert held_out_mse(module) < 2 * threshold
+    assert report.history and all(math.isfinite(h) for h in report.history)
+    assert report.seconds > 0
+
+
+def test_lm_stops_with_success_as_soon_as_the_target_is_reached():
+    # target: sqrt(loss) <= atol + rtol * scale, i.e. loss <= 1e-6 here
+    report = fit(net(), FitConfig("lm", max_iters=50, rtol=1e-4, warmup_iters=200), scale=10.0)
+    assert report.status is Status.SUCCESS
+    assert report.loss <= 1e-6
+    assert report.history[-2] > 1e-6  # it did not go on once below the target
+    assert report.iters < 250
+    # the same target through atol
+    report = fit(net(), FitConfig("lm", max_iters=50, rtol=0.0, atol=1e-3, warmup_iters=200))
+    assert report.status is Status.SUCCESS and report.loss <= 1e-6 < report.history[-2]
+
+
+def test_lm_already_at_the_target_does_nothing():
+    module = net()
+    before = flat_params(module)
+    report = fit(module, FitConfig("lm", rtol=1.0), scale=1.0)  # loss 0.61 <= (1.0 * 1.0)^2
+    assert report.status is Status.SUCCESS and report.iters == 0
+    assert torch.equal(flat_params(module), before)
+
+
+def test_an_unreachable_target_is_not_reported_as_success():
+    report = fit(net(), FitConfig("lm", max_iters=3, rtol=0.0, ftol=0.0))
+    assert report.status is Status.MAX_ITERS and report.iters == 3 and report.loss > 0
+
+
+def _nan_everywhere(u, x):
+    return u(x) * math.nan
+
+
+@pytest.mark.parametrize("config", [FitConfig("lm"), FitConfig("lbfgs"), FitConfig("adam", max_iters=10),
+                                    FitConfig("lm", warmup_iters=10)], ids=["lm", "lbfgs", "adam", "lm+warmup"])
+def test_a_nan_residual_is_diverged_and_leaves_the_weights_finite(config):
+    module = net()
+    before = flat_params(module)
+    term = ResidualTerm("nan", _nan_everywhere, sine_term().sample)
+    report = fit(module, config, term)
+    assert report.status is Status.DIVERGED and not report.status.ok
+    assert "NaN" in report.status.message()
+    assert math.isnan(report.loss)
+    after = flat_params(module)
+    assert torch.isfinite(after).all() and torch.equal(after, before)
+
+
+def _nan_above_half(u, x):
+    """Finite at the start (the SIREN starts near 0) but NaN once the fit pushes u above 0.5 on its way to 1."""
+    v = u(x)
+    return torch.where(v > 0.5, torch.full_like(v, math.nan), v - 1.0)
+
+
+def test_adam_diverging_mid_fit_restores_finite_weights():
+    module = net()
+    term = ResidualTerm("data", _nan_above_half, sine_term().sample)
+    report = fit(module, FitConfig("adam", max_iters=500, lr=1e-2), term)
+    assert report.status is Status.DIVERGED
+    assert 1 < report.iters < 500 and all(math.isfinite(h) for h in report.history)
+    assert torch.isfinite(flat_params(module)).all()
+    with torch.no_grad():
+        assert torch.isfinite(module(HELD_OUT)).all()
+
+
+def test_lm_never_accepts_a_step_to_a_nan_loss():
+    module = net()
+    term = ResidualTerm("data", _nan_above_half, sine_term().sample)
+    report = fit(module, FitConfig("lm", max_iters=20), term)
+    assert report.status.ok and math.isfinite(report.loss)
+    assert all(b < a for a, b in zip(report.history, report.history[1:]))  # monotone, all finite
+    assert torch.isfinite(flat_params(module)).all()
+
+
+def test_lbfgs_diverging_mid_fit_is_reported_not_raised():
+    module = net()
+    before = flat_params(module)
+    term = ResidualTerm("data", _nan_above_half, sine_term().sample)
+    report = fit(module, FitConfig("lbfgs", max_iters=50), term)
+    assert report.status is Status.DIVERGED
+    assert torch.equal(flat_params(module), before)
+
+
+def test_fit_needs_a_term():
+    with pytest.raises(ValueError, match="at least one residual term"):
+        fit_field(net(), [], FitConfig())
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"optimizer": "sgd"}, r"unknown optimizer 'sgd'; choose one of \['adam', 'lbfgs', 'lm'\]"),
+    ({"max_iters": 0}, r"max_iters must be a positive integer, got 0"),
+    ({"max_iters": -5}, r"max_iters must be a positive integer, got -5"),
+    ({"rtol": -1e-3}, r"FitConfig.rtol must be a finite non-negative number, got -0.001"),
+    ({"atol": math.nan}, r"FitConfig.atol must be a finite non-negative number, got nan"),
+    ({"lr": math.inf}, r"FitConfig.lr must be a finite non-negative number, got inf"),
+    ({"damping": -1.0}, r"FitConfig.damping must be"),
+])
+def test_fit_config_validation(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FitConfig(**kwargs)
+
+
+def test_fit_config_default_iteration_caps():
+    assert [FitConfig(o).iters for o in ("lm", "lbfgs", "adam")] == [100, 2000, 20000]
+    assert FitConfig("adam", max_iters=7).iters == 7
