@@ -7,8 +7,8 @@ What it does, in one invocation (so the ratios are taken under the same machine 
 
 1. pins the thread count (``--threads``, default 1) here and in the reference's subprocess;
 2. runs ours with the paper's configuration (:class:`~neuralnumerics.pde.Advection1D` defaults: SIREN
-   2x20 = 901 weights, 5000 samples per fit, dt 0.05, float32, Levenberg-Marquardt fits): one initial
-   fit, shared by every integrator in ``--integrators``, then ``--steps`` steps per integrator;
+   2x20 = 901 weights, 5000 samples per fit, dt 0.05, Levenberg-Marquardt fits): one initial fit per
+   dtype, shared by the integrators in ``--integrators`` that use it, then ``--steps`` steps each;
 3. runs the reference (``--reference``, a local checkout of github.com/honglin-c/INSR-PDE) through
    ``benchmarks/_insr_reference.py``, which copies and patches it (the patches are printed);
 4. runs the classical grid baseline (:class:`~neuralnumerics.classical.GridAdvection1D`) at equal
@@ -124,23 +124,30 @@ def run_ours(integrators: list[str], steps: int, *, device: torch.device, dtype:
     def to_step(rec) -> Step:
         return Step(rec.step, rec.t, rec.seconds, rec.error, rec.fit_iters)
 
-    log(f"ours: initial fit (SIREN {problem.hidden_layers}x{problem.hidden_features}, {n_weights} weights, "
-        f"{problem.n_points} samples, {dtype}, {device})")
-    init: Step | None = None
-    w0 = None
-    init_failure = None
-    try:
-        traj0 = evolve(problem, dt=DT, steps=0, integrator=integrators[0], fit=fit, seed=SEED, device=device,
-                       dtype=dtype, callback=progress("initial fit"))
-        init = to_step(traj0.records[0])
-        w0 = traj0.weights(0)
-    except Exception as exc:  # report, do not crash: the table still shows what happened
-        init_failure = f"initial fit failed: {type(exc).__name__}: {exc}"
-        log("  " + init_failure)
+    inits: dict[str, tuple[Step | None, torch.Tensor | None, str | None]] = {}
+
+    def initial_fit(run_dtype: str):
+        """The initial fit in ``run_dtype``, computed once and shared by the integrators using that dtype."""
+        if run_dtype not in inits:
+            log(f"ours: initial fit (SIREN {problem.hidden_layers}x{problem.hidden_features}, {n_weights} "
+                f"weights, {problem.n_points} samples, {run_dtype}, {device})")
+            try:
+                traj0 = evolve(problem, dt=DT, steps=0, fit=fit, seed=SEED, device=device, dtype=run_dtype,
+                               callback=progress(f"initial fit {run_dtype}"))
+                inits[run_dtype] = (to_step(traj0.records[0]), traj0.weights(0), None)
+            except Exception as exc:  # report, do not crash: the table still shows what happened
+                failure = f"initial fit failed: {type(exc).__name__}: {exc}"
+                log("  " + failure)
+                inits[run_dtype] = (None, None, failure)
+        return inits[run_dtype]
 
     runs = []
-    for name in integrators:
-        run = Run(name=f"ours, {name}", init=init, requested=steps)
+    for entry in integrators:
+        name, _, run_dtype = entry.partition(":")
+        run_dtype = run_dtype or dtype
+        init, w0, init_failure = initial_fit(run_dtype)
+        run = Run(name=f"ours, {name}" + (f" ({run_dtype})" if run_dtype != dtype else ""), init=init,
+                  requested=steps)
         runs.append(run)
         if w0 is None:
             run.failure = init_failure
@@ -148,7 +155,7 @@ def run_ours(integrators: list[str], steps: int, *, device: torch.device, dtype:
         t0 = time.perf_counter()
         try:
             traj = evolve(problem, dt=DT, steps=steps, integrator=name, fit=fit, seed=SEED, device=device,
-                          dtype=dtype, start=(0, w0), keep="last", callback=progress(name))
+                          dtype=run_dtype, start=(0, w0), keep="last", callback=progress(entry))
             run.steps = [to_step(r) for r in traj.records]
         except StepDivergedError as exc:
             run.steps = [to_step(r) for r in getattr(exc.result, "records", [])]
@@ -353,8 +360,9 @@ def build_report(args, threads, runs: list[Run], ref: Run | None, patches: list[
             f"(centre -1.5, width 0.1); SIREN {cfg['hidden_layers']}x{cfg['hidden_features']} "
             f"({facts['weights']} weights), {cfg['n_points']} samples per fit, dt {DT}, {args.dtype}.",
             f"- Ours: `evolve(Advection1D(), dt={DT}, integrator=..., fit=FitConfig(optimizer=\"lm\"), "
-            f"seed={SEED}, dtype=\"{args.dtype}\")`; one initial fit (step 0) shared by the integrators "
-            "(`start=(0, w0)`), so each integrator's total is that fit plus its own steps. Seconds per step "
+            f"seed={SEED}, dtype=...)`, in {args.dtype} unless the run's name says otherwise; one initial "
+            "fit (step 0) per dtype, shared by the integrators using it (`start=(0, w0)`), so each "
+            "integrator's total is that fit plus its own steps. Seconds per step "
             "are the fit's wall time (`StepRecord.seconds`).",
             "- Reference: the authors' code (github.com/honglin-c/INSR-PDE, `scripts/advect1D.sh` settings: "
             "Adam, up to 20000 iterations per fit) driven step by step by `benchmarks/_insr_reference.py`; "
@@ -486,8 +494,10 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="our time steps (default 240 = t 12; --quick 10)")
     ap.add_argument("--ref-steps", type=int, default=None, help="reference time steps (default 10; --quick 1)")
     ap.add_argument("--ref-timeout", type=float, default=None, help="seconds before the reference is stopped")
-    ap.add_argument("--integrators", default="midpoint,gauss-legendre2",
-                    help="comma-separated integrators of ours (default midpoint,gauss-legendre2)")
+    ap.add_argument("--integrators", default="midpoint,gauss-legendre2:float64",
+                    help="comma-separated integrators of ours, each optionally NAME:DTYPE to override --dtype "
+                         "(default midpoint,gauss-legendre2:float64: the order-4 run needs float64 to fit "
+                         "below its much smaller time error)")
     ap.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                     help="dtype of ours and the grid (default float32, as the reference)")
     ap.add_argument("--max-error", type=float, default=0.2,
@@ -508,9 +518,11 @@ def parse_args(argv=None):
     if not args.integrators:
         ap.error("--integrators: give at least one")
     from neuralnumerics.pde import INTEGRATORS
-    unknown = [s for s in args.integrators if s not in INTEGRATORS]
+    unknown = [s for s in args.integrators if s.partition(":")[0] not in INTEGRATORS
+               or s.partition(":")[2] not in ("", "float32", "float64")]
     if unknown:
-        ap.error(f"--integrators: unknown {unknown}; choose from {sorted(INTEGRATORS)}")
+        ap.error(f"--integrators: unknown {unknown}; choose from {sorted(INTEGRATORS)}, each optionally "
+                 f"with :float32 or :float64")
     if args.reference and not Path(args.reference).is_dir():
         ap.error(f"--reference: {args.reference} is not a directory")
     if not (args.max_error > 0):
