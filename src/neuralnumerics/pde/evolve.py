@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._status import Status, StepDivergedError
+from .._status import StepDivergedError
 from ..fields import flat_params, functional_field, load_flat_params
 from .fit import FitConfig, FitReport, fit_field
 from .integrators import TimeIntegrator, get_integrator

@@ -218,12 +218,13 @@ def _fit_lm(module: nn.Module, terms, config: FitConfig, generator, target: floa
         return FitReport(Status.DIVERGED, loss, {}, 0, 0.0, history)
     lam = config.damping
     status = Status.MAX_ITERS
-    iters = 0
+    iters = slow = 0
     while iters < config.iters:
         if loss <= target:
             status = Status.SUCCESS
             break
         iters += 1
+        outer_start = loss
         # the normal equations are formed and solved in float64: in float32, J^T J loses the small
         # singular directions and the iteration needs several times more steps
         J = jacobian(theta).double()
@@ -274,6 +275,12 @@ def _fit_lm(module: nn.Module, terms, config: FitConfig, generator, target: floa
             status = Status.SUCCESS
             break
         if decrease <= config.ftol * loss:
+            status = Status.STAGNATED
+            break
+        slow = slow + 1 if loss > 0.5 * outer_start else 0
+        if loss <= 10.0 * target and slow >= 2:
+            # near the tolerance and two Jacobians in a row did not halve the loss: the fit sits on the
+            # floor set by the network and the arithmetic (float32), where more iterations barely help
             status = Status.STAGNATED
             break
     load_flat_params(module, theta)
@@ -369,8 +376,3 @@ def _fit_adam(module: nn.Module, terms, config: FitConfig, generator, target: fl
     with torch.no_grad():
         final = {k: float(v) for k, v in _term_losses(module, flat_params(module), terms, points).items()}
     return FitReport(status, sum(final.values()), final, iters, 0.0, history)
-
-
-def with_defaults(config: FitConfig | None, **overrides) -> FitConfig:
-    """``config`` (or the default) with some fields replaced."""
-    return replace(config or FitConfig(), **overrides)
