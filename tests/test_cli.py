@@ -45,11 +45,12 @@ def test_run_writes_the_run_directory(run3):
     x = problem.eval_points()
     for m in metrics:
         ckpt = torch.load(run3 / f"checkpoints/step_{m['step']:06d}.pt", weights_only=True)
-        field = problem.default_field(dtype=torch.float32)
+        dtype = getattr(torch, config["dtype"])
+        field = problem.default_field(dtype=dtype)
         torch.nn.utils.vector_to_parameters(ckpt["weights"], field.parameters())
         with torch.no_grad():
-            err = relative_l2(field(x.float()), problem.exact(x, m["t"]))
-        assert m["error"] == pytest.approx(err, rel=1e-3, abs=2e-6)  # float32: a few ulp of the field
+            err = relative_l2(field(x.to(dtype)), problem.exact(x, m["t"]))
+        assert m["error"] == pytest.approx(err, rel=1e-3, abs=2e-6)  # float32 would differ by a few ulp
         assert m["error"] < 2e-3  # measured 1.6e-4 .. 6.8e-4 (step 3: the midpoint rule's own error is 6.6e-4)
 
     summary = json.loads((run3 / "summary.json").read_text())

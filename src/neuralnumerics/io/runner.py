@@ -49,7 +49,7 @@ def _pick_device(device: str | None) -> torch.device:
 
 
 def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None = None, seed: int = 0,
-                   device: str | None = None, dtype: str = "float32", method: str = "insr",
+                   device: str | None = None, dtype: str = "float64", method: str = "insr",
                    integrator: str | None = None, optimizer: str | None = None, max_fit_iters: int | None = None,
                    rtol: float | None = None, frame_every: int | None = None, checkpoint_every: int = 1,
                    options: dict[str, Any] | None = None) -> dict[str, Any]:
