@@ -282,7 +282,7 @@ def _fit_lm(module: nn.Module, terms, config: FitConfig, generator, target: floa
         # network's capacity and the arithmetic, where more iterations cost much and gain little
         slow = slow + 1 if loss > 0.5 * outer_start else 0
         stalled = stalled + 1 if loss > outer_start / 1.1 else 0
-        if (slow >= 2 and loss <= 100.0 * target) or stalled >= 5:
+        if (slow >= 2 and loss <= 10.0 * target) or stalled >= 5:
             status = Status.STAGNATED
             break
     load_flat_params(module, theta)
