@@ -138,7 +138,8 @@ def evolve(problem: Problem, *, dt: float, steps: int, integrator: str | TimeInt
         steps: number of time steps after the initial fit.
         integrator: a registered name (see ``neuralnumerics list``) or an instance.
         fit: per-step fit configuration (default Levenberg-Marquardt).
-        initial_fit: fit configuration of step 0 (default: ``fit`` with more iterations).
+        initial_fit: fit configuration of step 0 (default: ``fit`` after a 300-iteration Adam warm-up,
+            with at least 100 iterations for lm).
         field: the network to evolve (default ``problem.default_field``); its weights are overwritten.
         seed: fixes the initialisation and all sampling of the run.
         device, dtype: of the field (``dtype`` as a torch dtype or ``"float32"``/``"float64"``); by default

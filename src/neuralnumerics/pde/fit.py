@@ -200,7 +200,7 @@ def _fit_lm(module: nn.Module, terms, config: FitConfig, generator, target: floa
     def jacobian(th: torch.Tensor) -> torch.Tensor:
         # Differentiate with respect to the named weight tensors, not slices of the flat vector: under
         # vmap(jacrev), slicing a flat vector costs a p-sized scatter per output and is ~10x slower.
-        params = {k: v for k, v in unflatten_params(module, th).items()}
+        params = unflatten_params(module, th)
         blocks = []
         for t, x, s in zip(terms, points, scales):
             def point_residual(pr, xi, fn=t.fn):
