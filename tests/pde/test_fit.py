@@ -170,3 +170,41 @@ def test_fit_config_validation(kwargs, message):
 def test_fit_config_default_iteration_caps():
     assert [FitConfig(o).iters for o in ("lm", "lbfgs", "adam")] == [100, 2000, 20000]
     assert FitConfig("adam", max_iters=7).iters == 7
+
+
+@pytest.mark.parametrize("chunk_bytes", [16 * 2**20, 8 * 2 * 100])
+def test_lm_normal_equations_match_a_dense_jacobian(monkeypatch, chunk_bytes):
+    # Oracle: the Jacobian of the whole stacked residual vector by plain reverse mode over the flat
+    # weights (torch.autograd.functional.jacobian), then dense J^T J and J^T r. The fitter builds its
+    # J per point with vmap(jacrev), in row chunks (forced small here), and its Gram matrix by blocks.
+    from neuralnumerics.fields import functional_field, gradient
+    from neuralnumerics.pde import fit as fit_module
+
+    monkeypatch.setattr(fit_module, "_CHUNK_BYTES", chunk_bytes)
+    module = SIREN(2, 2, 24, 2, first_omega=2.0, generator=torch.Generator().manual_seed(3), dtype=F64)
+    box = Box((-1.0, -1.0), (1.0, 1.0))
+    terms = [
+        ResidualTerm("pde", lambda u, x: u(x).sin() + gradient(lambda y: u(y)[:, :1], x) * x,
+                     lambda g, q: box.sample(37, generator=g, quasi=q, dtype=F64), 0.7),
+        ResidualTerm("edge", lambda u, x: u(x)[:, 1:] ** 2 - 1.0,
+                     lambda g, q: box.sample(5, generator=g, quasi=q, dtype=F64), 3.0),
+    ]
+    theta = flat_params(module)
+    points = fit_module._fixed_points(terms, torch.Generator().manual_seed(0), theta)
+    scales = [math.sqrt(t.weight / x.shape[0]) for t, x in zip(terms, points)]
+    ne = fit_module._NormalEquations(module, terms, points, scales)
+
+    def stacked(th):
+        u = functional_field(module, th)
+        return torch.cat([(t.fn(u, x) * s).reshape(-1) for t, x, s in zip(terms, points, scales)])
+
+    J = torch.autograd.functional.jacobian(stacked, theta)
+    r = ne.residual(theta)
+    torch.testing.assert_close(r, stacked(theta).detach(), rtol=1e-13, atol=1e-13)
+    chunks, A, g = ne.linearize(theta, r)
+    if chunk_bytes < 2**20:
+        assert len(chunks) > 2  # the chunked path was exercised
+    torch.testing.assert_close(torch.cat(chunks), J, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(A, J.T @ J, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(g, J.T @ r, rtol=1e-10, atol=1e-12)
+    assert torch.equal(A, A.T)
