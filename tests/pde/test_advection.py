@@ -9,12 +9,13 @@ The last one separates the integrator's own error from the per-step fit's.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from neuralnumerics import Status, StepDivergedError
+from neuralnumerics import ConvergenceWarning, Status, StepDivergedError
 from neuralnumerics.fields import gradient
 from neuralnumerics.pde import Advection1D, Box, FitConfig, Problem, evolve, gaussian_pulse, relative_l2
 
@@ -202,6 +203,21 @@ def test_a_diverging_step_raises_and_keeps_the_good_steps(initial_weights):
     assert partial.last_step == 2 and [r.step for r in partial.records] == [1, 2]
     assert torch.isfinite(partial.weights(2)).all()
 
+
+
+def test_a_fit_stopping_far_above_its_tolerance_warns_and_keeps_the_step(initial_weights):
+    # one LM iteration cannot bring the step residual to rtol=1e-12: the step is kept (its status says
+    # why it stopped), but a silently kept step this far from its tolerance would hide a broken run
+    with pytest.warns(ConvergenceWarning, match=r"time step 1 \(t=0\.05\): the fit stopped \(max_iters\)"):
+        traj = evolve(small_problem(), dt=DT, steps=1, fit=FitConfig(max_iters=1, rtol=1e-12), dtype=F64,
+                      seed=0, start=(0, initial_weights))
+    assert traj.records[0].status == "max_iters" and traj.last_step == 1
+
+
+def test_a_converged_run_does_not_warn(initial_weights):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ConvergenceWarning)
+        run_from_initial(small_problem(), initial_weights, 2)
 
 # bad input ------------------------------------------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+import warnings
 from dataclasses import asdict, dataclass, replace
 from typing import Callable
 
@@ -12,13 +13,18 @@ import numpy as np
 import torch
 from torch import nn
 
-from .._status import StepDivergedError
+from .._status import ConvergenceWarning, StepDivergedError
 from ..fields import flat_params, functional_field, load_flat_params
 from .fit import FitConfig, FitReport, fit_field
 from .integrators import TimeIntegrator, get_integrator
 from .problem import Problem, relative_l2
 
 __all__ = ["evolve", "Trajectory", "StepRecord", "step_generator"]
+
+
+# a step whose fit stops with a loss above this multiple of its target (100x the tolerance on the RMS
+# residual) is kept, with a ConvergenceWarning
+_WARN_FACTOR = 1e4
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -203,6 +209,11 @@ def evolve(problem: Problem, *, dt: float, steps: int, integrator: str | TimeInt
         if not report.status.ok:
             raise StepDivergedError(f"time step {step} (t={step * dt:g}) failed: {report.status.message()}",
                                     report.status, traj)
+        if report.target > 0 and report.loss > _WARN_FACTOR * report.target:
+            warnings.warn(f"time step {step} (t={step * dt:g}): the fit stopped ({report.status.value}) at loss "
+                          f"{report.loss:.3g}, {report.loss / report.target:.3g}x its target; the step is kept, "
+                          f"but its error may be large. A smaller dt, a larger network or more fit iterations "
+                          f"(--max-fit-iters) may help.", ConvergenceWarning, stacklevel=3)
         if keep == "last":
             traj._weights.clear()
         traj.add(step, weights)
@@ -229,13 +240,17 @@ def evolve(problem: Problem, *, dt: float, steps: int, integrator: str | TimeInt
         t_prev = (step - 1) * dt
         current = flat_params(field)
         u_prev = functional_field(frozen, current)
+        candidates: tuple[torch.Tensor, ...] = ()
         if extrapolate and prev_weights is not None:
+            # the extrapolation is only a guess: consecutive fits may land in different (equivalent)
+            # minima of the network, and then it points far away; the fit keeps the better start
             load_flat_params(field, 2 * current - prev_weights)
+            candidates = (current,)
         prev_weights = current
         t0 = time.perf_counter()
         terms = problem.step_terms(integrator, u_prev, t_prev, dt)
         report = fit_field(field, terms, fit, generator=step_generator(seed, step),
-                           scale=_rms(u_prev, eval_x) / dt)
+                           scale=_rms(u_prev, eval_x) / dt, candidates=candidates)
         report.seconds = time.perf_counter() - t0
         finish(step, report)
     return traj
