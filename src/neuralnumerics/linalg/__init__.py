@@ -1,0 +1,20 @@
+"""Linear operators and solvers: one entry point, :func:`linear_solve`, for every solver.
+
+Operators (:class:`LinearOperator`) wrap dense tensors, torch sparse matrices, SciPy sparse matrices,
+matrix-free callables and grid stencils (:class:`PoissonGrid`). Solvers are configured objects
+(:class:`CG`, :class:`GMRES`, ...); :func:`linear_solve` validates the input, runs the solver and returns a
+:class:`Solution` with ``x``, ``status``, ``stats`` and a ``state`` for the next system of a sequence.
+"""
+
+from .cg import CG, NotPositiveDefiniteError
+from .gmres import GMRES
+from .operators import DenseOperator, DiagonalOperator, FunctionOperator, LinearOperator, SparseOperator, as_operator
+from .preconditioners import AMG, IncompleteCholesky, Jacobi
+from .solve import LinearSolveError, LinearSolver, Solution, SolveStats, linear_solve
+from .stencil import PoissonGrid
+
+__all__ = [
+    "LinearOperator", "DenseOperator", "SparseOperator", "FunctionOperator", "DiagonalOperator", "PoissonGrid",
+    "as_operator", "linear_solve", "LinearSolver", "Solution", "SolveStats", "LinearSolveError",
+    "NotPositiveDefiniteError", "CG", "GMRES", "Jacobi", "IncompleteCholesky", "AMG",
+]
