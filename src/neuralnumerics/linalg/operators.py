@@ -8,6 +8,7 @@ of right-hand sides is ``(n, k)`` (one system per column).
 
 from __future__ import annotations
 
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -133,9 +134,12 @@ class SparseOperator(LinearOperator):
         csr.sum_duplicates()
         dtype = dtype or (torch.float64 if not np.issubdtype(csr.dtype, np.floating) else
                           torch.from_numpy(np.zeros(0, dtype=csr.dtype)).dtype)
-        t = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
-                                    torch.from_numpy(csr.indices.astype(np.int64)),
-                                    torch.from_numpy(csr.data).to(dtype), size=csr.shape)
+        with warnings.catch_warnings():  # torch says once that CSR support is "beta"; it is what we need here
+            warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+            t = torch.sparse_csr_tensor(torch.from_numpy(csr.indptr.astype(np.int64)),
+                                        torch.from_numpy(csr.indices.astype(np.int64)),
+                                        torch.from_numpy(csr.data).to(dtype), size=csr.shape,
+                                        check_invariants=True)
         return cls(t.to(device) if device is not None else t, **tags)
 
     def mv(self, x):
