@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .._status import Status
@@ -39,9 +41,64 @@ class CG(LinearSolver):
     supports_batch = True
 
     def _solve(self, op, b, x0, M, state, stats: SolveStats):
-        single = b.ndim == 1
-        B = b[:, None] if single else b
-        X = (x0[:, None] if single else x0).clone()
+        solve = self._solve_vector if b.ndim == 1 else self._solve_batch
+        x, status = solve(op, b, x0, M, stats)
+        return x, status, state
+
+    def _solve_vector(self, op, b, x0, M, stats: SolveStats):
+        """One right-hand side: scalars as Python floats, in-place updates (fewer kernels per iteration)."""
+        bnorm = float(b.norm())
+        threshold = max(self.rtol * bnorm, self.atol)
+        denom = bnorm if bnorm > 0 else 1.0
+        x = x0.clone()
+        nonzero_start = bool(x.any())
+        r = b - op.mv(x) if nonzero_start else b.clone()
+        stats.matvecs += int(nonzero_start)
+        rnorm = float(r.norm())
+        stats.residual_history.append(rnorm / denom)
+        if rnorm <= threshold:
+            return x, Status.SUCCESS
+        z = M.mv(r) if M is not None else r
+        rz = float(r @ z) if M is not None else rnorm ** 2
+        if rz < 0:
+            raise NotPositiveDefiniteError("CG: r^T M r < 0 for the initial residual: the preconditioner M is not "
+                                           "positive definite")
+        p = z.clone()
+        for it in range(self.iteration_cap(b.shape[0])):
+            ap = op.mv(p)
+            stats.matvecs += 1
+            pap = float(p @ ap)
+            if not pap > 0:
+                if math.isnan(pap):
+                    stats.iterations = it + 1
+                    return x, Status.DIVERGED
+                raise NotPositiveDefiniteError(
+                    f"CG: p^T A p = {pap:.3g} <= 0 at iteration {it + 1}: the operator is not positive definite "
+                    "(or not symmetric). Use GMRES for indefinite or nonsymmetric systems.")
+            alpha = rz / pap
+            x.add_(p, alpha=alpha)
+            r.add_(ap, alpha=-alpha)
+            rnorm = float(r.norm())
+            stats.iterations = it + 1
+            stats.residual_history.append(rnorm / denom)
+            if not math.isfinite(rnorm):
+                return x, Status.DIVERGED
+            if rnorm <= threshold:
+                return x, Status.SUCCESS
+            if M is not None:
+                z = M.mv(r)
+                rz_new = float(r @ z)
+                if not rz_new > 0:
+                    raise NotPositiveDefiniteError("CG: r^T M r <= 0: the preconditioner M is not positive definite")
+            else:
+                z, rz_new = r, rnorm ** 2
+            p.mul_(rz_new / rz).add_(z)
+            rz = rz_new
+        return x, Status.MAX_ITERS
+
+    def _solve_batch(self, op, B, x0, M, stats: SolveStats):
+        """Columns iterated together; converged columns are frozen (their step sizes are 0)."""
+        X = x0.clone()
         bnorm = B.norm(dim=0)
         threshold = self.stopping_threshold(bnorm)
         denom = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
@@ -94,4 +151,4 @@ class CG(LinearSolver):
             beta = torch.where(active, rz_new / torch.where(rz != 0, rz, torch.ones_like(rz)), torch.zeros_like(rz))
             P = Z + beta * P
             rz = rz_new
-        return (X[:, 0] if single else X), status, state
+        return X, status

@@ -21,7 +21,7 @@ class PoissonGrid(LinearOperator):
     stencil couples them; a face to a solid cell is a wall (``dp/dn = 0``, the face drops out); a face
     on the domain boundary is a wall (``"neumann"``) or open (``"dirichlet"``, ``p = 0`` on the face:
     the ghost value is 0, so the face adds 1 to the diagonal). Solid cells are not unknowns of the
-    physical problem: their rows are the identity (and a right-hand side that is 0 there keeps them
+    physical problem: their rows are the identity times ``1/h^2`` (and a right-hand side that is 0 there keeps them
     at 0), which keeps the operator symmetric and the vector layout that of the grid.
 
     With a Dirichlet face somewhere in every connected fluid region the operator is symmetric positive
@@ -83,6 +83,9 @@ class PoissonGrid(LinearOperator):
         diag = torch.where(solid_t | self._isolated, torch.ones_like(diag), diag)
         self._diag = diag
         self._scale = 1.0 / self.spacing ** 2
+        # the 1/h^2 factor folded into the stencil once
+        self._scaled_diag = diag * self._scale
+        self._scaled_faces = [w * self._scale for w in self._faces]
         self.singular = self._find_singular()
         self.positive_definite = not self.singular
 
@@ -94,14 +97,13 @@ class PoissonGrid(LinearOperator):
                              f"got shape {tuple(x.shape)}")
         g = x.reshape(*self.grid_shape, *batch)
         extra = (None,) * len(batch)
-        y = self._diag[(...,) + extra] * g
-        for axis, w in enumerate(self._faces):
+        y = self._scaled_diag[(...,) + extra] * g
+        for axis, w in enumerate(self._scaled_faces):
             wb = w[(...,) + extra]
-            lo = g.narrow(axis, 0, self.grid_shape[axis] - 1)
-            hi = g.narrow(axis, 1, self.grid_shape[axis] - 1)
-            y.narrow(axis, 0, self.grid_shape[axis] - 1).sub_(wb * hi)
-            y.narrow(axis, 1, self.grid_shape[axis] - 1).sub_(wb * lo)
-        return (y * self._scale).reshape(x.shape)
+            m = self.grid_shape[axis] - 1
+            y.narrow(axis, 0, m).addcmul_(wb, g.narrow(axis, 1, m), value=-1.0)
+            y.narrow(axis, 1, m).addcmul_(wb, g.narrow(axis, 0, m), value=-1.0)
+        return y.reshape(x.shape)
 
     def diagonal(self) -> torch.Tensor:
         return (self._diag * self._scale).reshape(-1)
