@@ -1,0 +1,20 @@
+"""The Python examples in the method pages run as written (each block of a page, in order, in one namespace)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = ["linalg.md"]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_examples_run(page, one_thread):
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), re.S)
+    assert blocks, f"{page} has no Python example"
+    namespace: dict = {}
+    for block in blocks:
+        exec(compile(block, f"{page}", "exec"), namespace)
