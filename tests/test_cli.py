@@ -225,3 +225,45 @@ def test_python_dash_m_reports_errors_with_exit_code_2(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "neuralnumerics", "run", "nope", "--out", str(tmp_path / "x")],
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "unknown scenario 'nope'" in proc.stderr
+
+
+# neuralnumerics solve ----------------------------------------------------------------------------------------------
+
+def test_solve_tank_compares_solvers_and_writes_pictures(tmp_path, capsys, one_thread):
+    import numpy as np
+    import scipy.sparse.linalg as spla
+
+    from neuralnumerics.gallery.tanks import tank_system
+
+    out = tmp_path / "solve"
+    assert main(["solve", "tank", "--grid", "24x20", "--solver", "cg,cg+ic,gmres", "--rtol", "1e-8",
+                 "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "tank 24x20: 480 unknowns" in text and "cg+ic" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["solver"] for s in summary["solves"]] == ["cg", "cg+ic", "gmres"]
+    assert all(s["status"] == "success" and s["relative_residual"] <= 1e-8 for s in summary["solves"])
+    assert all(s["difference_to_first"] < 1e-6 for s in summary["solves"])
+    # preconditioning pays: fewer iterations with IC(0)
+    assert summary["solves"][1]["iterations"] < summary["solves"][0]["iterations"]
+    assert (out / "residuals.png").stat().st_size > 0 and (out / "solution.png").stat().st_size > 0
+    # the oracle: a sparse direct solve of the same system agrees with what every solver found
+    op, b = tank_system((24, 20))
+    x = spla.spsolve(op.to_scipy().tocsc(), b.numpy())
+    assert np.linalg.norm(op.to_scipy() @ x - b.numpy()) / np.linalg.norm(b.numpy()) < 1e-10
+
+
+def test_solve_reports_a_solver_that_hits_its_cap(capsys):
+    assert main(["solve", "tank", "--grid", "16x16", "--solver", "cg", "--max-iters", "3"]) == 1
+    assert "max_iters" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--solver", "bicgstab"], "unknown solver 'bicgstab'; choose from cg, gmres"),
+    (["--solver", "cg+ilu"], "unknown preconditioner 'ilu' in 'cg+ilu'"),
+    (["--grid", "12"], "--grid must have 2 or 3 sizes"),
+    (["--grid", "axb"], "--grid must look like 128x128"),
+])
+def test_solve_bad_arguments(args, message, capsys):
+    assert main(["solve", "tank", *args]) == 2
+    assert message in capsys.readouterr().err

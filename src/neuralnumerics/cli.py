@@ -1,6 +1,7 @@
-"""Command line: ``neuralnumerics list`` and ``neuralnumerics run SCENARIO [...]``.
+"""Command line: ``neuralnumerics list``, ``run SCENARIO [...]`` and ``solve PROBLEM [...]``.
 
-A thin layer over :func:`neuralnumerics.io.run_scenario`; ``python -m neuralnumerics`` is the same.
+A thin layer over :func:`neuralnumerics.io.run_scenario` and :func:`neuralnumerics.io.linsolve.solve_tank`;
+``python -m neuralnumerics`` is the same.
 """
 
 from __future__ import annotations
@@ -41,6 +42,24 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
+
+    solve = sub.add_parser("solve", help="solve a linear system with several solvers and compare them",
+                           description="Solve the pressure Poisson system of a fluid tank (walls, an open top, "
+                                       "an obstacle) with each listed solver; print a summary and, with --out, "
+                                       "write summary.json, residuals.png and solution.png.")
+    solve.add_argument("problem", choices=["tank"], help="the system to solve")
+    solve.add_argument("--grid", default="128x128", help="cells per axis, e.g. 128x128 or 32x32x32")
+    solve.add_argument("--obstacle", default="disc", choices=["disc", "box", "none"])
+    solve.add_argument("--closed", action="store_true", help="no open top (a singular, consistent system)")
+    solve.add_argument("--solver", default="cg,cg+jacobi,cg+ic,gmres",
+                       help="comma-separated SOLVER[+PRECONDITIONER] (solvers: cg, gmres; preconditioners: "
+                            "jacobi, ic, amg)")
+    solve.add_argument("--rtol", type=float, default=1e-6, help="relative residual tolerance (default 1e-6)")
+    solve.add_argument("--max-iters", type=int, help="iteration cap of each solve")
+    solve.add_argument("--seed", type=int, default=0, help="fixes the right-hand side")
+    solve.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
+    solve.add_argument("--threads", type=int, help="CPU threads for torch")
+    solve.add_argument("--out", help="folder for summary.json and the pictures")
     return parser
 
 
@@ -79,6 +98,34 @@ def _list() -> None:
         print(f"  {name:<22} {text}")
 
 
+def _solve(parser, args, extra) -> int:
+    import torch
+
+    from .io.linsolve import grid_shape, solve_tank
+
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        summary = solve_tank(grid_shape(args.grid), solvers=args.solver, obstacle=args.obstacle,
+                             open_top=not args.closed, rtol=args.rtol, max_iters=args.max_iters, seed=args.seed,
+                             device=args.device, out=args.out)
+    except (ValueError, ImportError) as exc:
+        print(f"neuralnumerics: error: {exc}", file=sys.stderr)
+        return 2
+    p = summary["problem"]
+    print(f"tank {args.grid}: {p['unknowns']} unknowns, obstacle {p['obstacle']}, "
+          f"{'open top' if p['open_top'] else 'closed (singular)'}, rtol {p['rtol']:g}")
+    print(f"  {'solver':<14}{'status':<11}{'iterations':>11}{'setup s':>10}{'solve s':>10}{'residual':>11}")
+    for s in summary["solves"]:
+        print(f"  {s['solver']:<14}{s['status']:<11}{s['iterations']:>11}{s['setup_seconds']:>10.3f}"
+              f"{s['seconds']:>10.3f}{s['relative_residual']:>11.2e}")
+    if args.out:
+        print(f"written: {args.out}/summary.json, residuals.png, solution.png")
+    return 0 if all(s["status"] == "success" for s in summary["solves"]) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``neuralnumerics`` command; returns the exit code."""
     parser = _build_parser()
@@ -90,6 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     import torch
+
+    if args.command == "solve":
+        return _solve(parser, args, extra)
 
     from ._status import StepDivergedError
     from .io import RunDirError, run_scenario

@@ -60,6 +60,26 @@ def plot_error_curve(path: str | Path, curves: dict[str, tuple[Sequence[float], 
     return Path(path)
 
 
+def plot_grid_field(path: str | Path, values: np.ndarray, *, mask: np.ndarray | None = None, title: str = "",
+                    label: str = "") -> Path:
+    """Save a 2D array as an image with a colour bar (axis 0 horizontal, axis 1 up); ``mask`` cells are grey."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.2, 4.4), dpi=100)
+    shown = np.ma.masked_array(values, mask=mask) if mask is not None else values
+    cmap = plt.get_cmap("RdBu_r").with_extremes(bad="0.6")
+    limit = float(np.abs(shown).max()) or 1.0
+    image = ax.imshow(np.ma.transpose(shown) if mask is not None else shown.T, origin="lower", cmap=cmap,
+                      vmin=-limit, vmax=limit)
+    fig.colorbar(image, ax=ax, label=label)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_animation(frames: Sequence[str | Path], path: str | Path, *, fps: int = 10) -> Path | None:
     """Join PNG frames into an animated GIF at ``path``; returns ``None`` when there are no frames."""
     if not frames:

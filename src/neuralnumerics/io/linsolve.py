@@ -1,0 +1,123 @@
+"""``neuralnumerics solve``: solve a tank pressure system with several solvers, write a summary and pictures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["SOLVERS", "PRECONDITIONERS", "parse_solver_specs", "solve_tank", "grid_shape"]
+
+
+def _solvers() -> dict[str, Callable]:
+    from ..linalg import CG, GMRES
+
+    return {"cg": lambda rtol, cap: CG(rtol=rtol, max_iters=cap),
+            "gmres": lambda rtol, cap: GMRES(rtol=rtol, max_iters=cap)}
+
+
+def _preconditioners() -> dict[str, Callable]:
+    from ..linalg import AMG, IncompleteCholesky, Jacobi
+
+    return {"jacobi": Jacobi, "ic": IncompleteCholesky, "amg": AMG}
+
+
+SOLVERS = ("cg", "gmres")
+PRECONDITIONERS = ("jacobi", "ic", "amg")
+
+
+def parse_solver_specs(text: str) -> list[tuple[str, str | None]]:
+    """``"cg,cg+amg,gmres"`` -> ``[("cg", None), ("cg", "amg"), ("gmres", None)]``.
+
+    Raises:
+        ValueError: naming an unknown solver or preconditioner and listing the known ones.
+    """
+    specs = []
+    for item in (s.strip() for s in text.split(",")):
+        if not item:
+            continue
+        name, _, pre = item.partition("+")
+        if name not in SOLVERS:
+            raise ValueError(f"unknown solver {name!r}; choose from {', '.join(SOLVERS)} "
+                             f"(optionally +{'|+'.join(PRECONDITIONERS)})")
+        if pre and pre not in PRECONDITIONERS:
+            raise ValueError(f"unknown preconditioner {pre!r} in {item!r}; choose from {', '.join(PRECONDITIONERS)}")
+        specs.append((name, pre or None))
+    if not specs:
+        raise ValueError("no solver given; e.g. --solver cg,cg+amg")
+    return specs
+
+
+def solve_tank(grid: tuple[int, ...], *, solvers: str = "cg,cg+jacobi,cg+ic,gmres", obstacle: str = "disc",
+               open_top: bool = True, rtol: float = 1e-6, max_iters: int | None = None, seed: int = 0,
+               device: str | None = None, out: str | Path | None = None, plots: bool = True) -> dict:
+    """Solve one tank pressure system (:func:`~neuralnumerics.gallery.tanks.tank_system`) with each solver.
+
+    Returns a summary (problem, and per solver: status, iterations, seconds, setup seconds, final relative
+    residual, relative difference to the first solution that converged); with ``out``, writes ``summary.json``,
+    ``residuals.png`` (residual histories) and ``solution.png`` (the pressure; the middle slice in 3D).
+    Failed solves are reported with their status, never dropped.
+    """
+    import time
+
+    from .._status import Status
+    from ..gallery.tanks import tank_system
+    from ..linalg import linear_solve
+
+    specs = parse_solver_specs(solvers)
+    device = device or "cpu"
+    out_dir = Path(out) if out is not None else None
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    op, b = tank_system(grid, obstacle=obstacle, open_top=open_top, seed=seed, device=device)
+    summary: dict = {"problem": {"grid": list(grid), "unknowns": op.shape[0], "obstacle": obstacle,
+                                 "open_top": open_top, "singular": op.singular, "rtol": rtol, "seed": seed},
+                     "solves": []}
+    histories, reference = {}, None
+    makers, preconds = _solvers(), _preconditioners()
+    for i, (name, pre) in enumerate(specs):
+        label = name + (f"+{pre}" if pre else "")
+        t0 = time.perf_counter()
+        M = preconds[pre](op) if pre else None
+        setup = time.perf_counter() - t0
+        sol = linear_solve(op, b, makers[name](rtol, max_iters), M=M, throw=False)
+        x = sol.x.detach().cpu().numpy()
+        if i == 0:
+            first = x
+        if reference is None and sol.status is Status.SUCCESS:
+            reference = x
+        err = float(np.linalg.norm(x - reference) / max(np.linalg.norm(reference), 1e-300)) \
+            if reference is not None else None
+        summary["solves"].append({"solver": label, "status": sol.status.value, "iterations": sol.stats.iterations,
+                                  "seconds": sol.stats.seconds, "setup_seconds": setup,
+                                  "relative_residual": sol.stats.residual, "difference_to_first": err,
+                                  "message": sol.message})
+        histories[label] = (list(range(len(sol.stats.residual_history))), sol.stats.residual_history)
+    if out_dir is not None:
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if plots:
+            from .plots import plot_error_curve, plot_grid_field
+
+            plot_error_curve(out_dir / "residuals.png", histories, xlabel="iteration",
+                             ylabel="relative residual", title=f"tank {'x'.join(map(str, grid))}, rtol {rtol:g}")
+            field = first.reshape(grid)
+            solid = op.solid.cpu().numpy()
+            if len(grid) == 3:
+                field, solid = field[:, :, grid[2] // 2], solid[:, :, grid[2] // 2]
+            plot_grid_field(out_dir / "solution.png", field, mask=solid, title="pressure",
+                            label="p")
+    return summary
+
+
+def grid_shape(text: str) -> tuple[int, ...]:
+    """``"128x128"`` -> ``(128, 128)``."""
+    try:
+        shape = tuple(int(s) for s in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--grid must look like 128x128 or 32x32x32, got {text!r}") from None
+    if len(shape) not in (2, 3) or min(shape) < 2:
+        raise ValueError(f"--grid must have 2 or 3 sizes of at least 2, got {text!r}")
+    return shape
+
