@@ -43,6 +43,20 @@ def test_families_are_lists_of_csr_systems_with_features(name):
         assert min(smallest) < 0  # Helmholtz with k in (4, 8): indefinite
 
 
+def test_as_operators_tags_the_structure():
+    from neuralnumerics.linalg import linear_solve
+    from neuralnumerics.linalg.recycling import RecycledCG
+
+    fam = darcy_flow(2, 8)
+    (op, b), _ = fam.as_operators()
+    assert op.symmetric and op.positive_definite and op.shape == (64, 64)
+    sol = linear_solve(op, b, RecycledCG(rtol=1e-10))
+    ref = spla.spsolve(fam.systems[0][0].tocsc(), b.numpy())
+    np.testing.assert_allclose(sol.x.numpy(), ref, rtol=1e-8)
+    (op, _), _ = helmholtz(2, 8).as_operators()
+    assert op.symmetric and not op.positive_definite
+
+
 def test_helmholtz_is_definite_below_the_first_eigenvalue():
     fam = helmholtz(3, 10, wavenumber=(0.0, 1.0))
     assert all(np.linalg.eigvalsh(A.toarray())[0] > 0 for A, _ in fam.systems)

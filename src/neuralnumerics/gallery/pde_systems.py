@@ -46,6 +46,16 @@ class PDESystems:
     def __len__(self) -> int:
         return len(self.systems)
 
+    def as_operators(self, *, device: torch.device | str | None = None) -> list[tuple]:
+        """The systems with each matrix as a :class:`~neuralnumerics.linalg.SparseOperator` tagged with the
+        family's structure (CG-type solvers refuse operators not tagged SPD), moved to ``device`` if given.
+        """
+        from ..linalg.operators import SparseOperator
+
+        tags = dict(symmetric=self.symmetric, positive_definite=self.positive_definite)
+        return [(SparseOperator.from_scipy(A, device=device, **tags), b if device is None else b.to(device))
+                for A, b in self.systems]
+
 
 def gaussian_random_field(n_samples: int, grid: int, *, alpha: float = 2.5, tau: float = 7.0,
                           generator: torch.Generator | None = None, seed: int | None = None,

@@ -253,12 +253,11 @@ class GCRODR(LinearSolver):
         j = cycle.steps
         V = cycle.V
         dtype, device = V.dtype, V.device
-        if U is None or U.shape[1] == 0:
+        kk = 0 if U is None else U.shape[1]
+        if kk == 0:
             G = cycle.H[:j + 1, :j]
             VtW = np.eye(j + 1, j)
-            What, Vhat = V[:, :j], V[:, :j + 1]
         else:
-            kk = U.shape[1]
             d = U.norm(dim=0)
             Ut = U / d
             G = np.zeros((kk + j + 1, kk + j))
@@ -269,17 +268,19 @@ class GCRODR(LinearSolver):
             VtW[:kk, :kk] = (C.mT @ Ut).double().cpu().numpy()
             VtW[kk:, :kk] = (V[:, :j + 1].mT @ Ut).double().cpu().numpy()
             VtW[kk:, kk:] = np.eye(j + 1, j)
-            What = torch.cat([Ut, V[:, :j]], dim=1)
-            Vhat = torch.cat([C, V[:, :j + 1]], dim=1)
         P, theta = _harmonic_ritz(G, VtW, self.k)
         if P.shape[1] == 0:
             return None, None, torch.zeros(0, dtype=torch.complex128)
         Qs, Rs = np.linalg.qr(G @ P)
         W, X = _image_basis(Rs, cutoff)
-        Q = Qs @ W
         coeff = torch.from_numpy(P @ X).to(dtype=dtype, device=device)
-        U_new = What @ coeff
-        C_new = Vhat @ torch.from_numpy(Q).to(dtype=dtype, device=device)
+        Q = torch.from_numpy(Qs @ W).to(dtype=dtype, device=device)
+        # U = What coeff and C = Vhat Q, without assembling What = [U D, V_j] and Vhat = [C, V_{j+1}]
+        U_new = V[:, :j] @ coeff[kk:]
+        C_new = V[:, :j + 1] @ Q[kk:]
+        if kk:
+            U_new = U_new + Ut @ coeff[:kk]
+            C_new = C_new + C @ Q[:kk]
         return U_new, C_new, torch.from_numpy(theta)
 
 
