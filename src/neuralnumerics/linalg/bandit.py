@@ -518,12 +518,12 @@ class _BanditSolver(LinearSolver):
 
     def messages(self) -> dict[Status, str]:
         out = super().messages()
-        name = type(self).__name__
-        out[Status.MAX_ITERS] = (f"{name}: the solve with the omega the bandit chose (stats.extra['omega']) stopped "
-                                 "at its iteration cap; raise max_iters or loosen rtol. The bandit was charged the "
-                                 "cap as the cost of that omega and will play it less.")
-        out[Status.DIVERGED] = (f"{name}: the solve with the chosen omega produced NaN or infinity; SOR converges for "
-                                "every omega in (0, 2) only on symmetric positive definite matrices: check the "
+        out[Status.MAX_ITERS] = ("the solve with the omega the bandit chose (stats.extra['omega']) stopped at its "
+                                 "iteration cap; raise max_iters or loosen rtol (pass throw=False to keep a sequence "
+                                 "going). The bandit was charged the cap as the cost of that omega and will play it "
+                                 "less.")
+        out[Status.DIVERGED] = ("the solve with the omega the bandit chose produced NaN or infinity; SOR converges for "
+                                "every omega in (0, 2) when the matrix is symmetric positive definite: check the "
                                 "operator. The bandit was charged the iteration cap.")
         return out
 
