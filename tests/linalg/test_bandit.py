@@ -281,6 +281,17 @@ def test_bad_states_and_contexts_are_rejected():
         TsallisINFState(OMEGAS, (0.0,) * 6, (0,) * 6, rounds=2)
 
 
+def test_learners_reject_bad_arms_and_costs_and_a_solved_system_costs_one():
+    with pytest.raises(ValueError, match="at least 1"):
+        TsallisINF(OMEGAS).update(None, 0, 0.5)
+    with pytest.raises(ValueError, match="index in"):
+        ChebCB(OMEGAS, context_range=(0, 1)).update(None, 0.5, 6, 10.0)
+    _, op, b = sequence(1, seed=11)[0]
+    x = torch.linalg.solve(op.to_dense(), b)
+    sol = linear_solve(op, b, BanditSOR(OMEGAS), x0=x)  # x0 already solves it: no iteration
+    assert sol.stats.iterations == 0 and sol.state.total_cost == 1
+
+
 def test_a_solve_that_hits_the_cap_costs_the_cap():
     _, op, b = sequence(1, seed=10)[0]
     sol = linear_solve(op, b, BanditSOR((1.0,), rtol=1e-12, max_iters=7), throw=False)

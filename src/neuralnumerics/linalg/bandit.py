@@ -175,7 +175,7 @@ class TsallisINF:
         """The state after playing ``arm`` (drawn from :meth:`probabilities` of ``state``) at ``cost``.
 
         Raises:
-            ValueError: on an arm index out of range or a non-finite cost.
+            ValueError: on an arm index out of range or a cost that is not a finite number of at least 1.
         """
         state = self.check(state)
         arm = _check_arm(arm, len(self.arms), "TsallisINF")
@@ -397,7 +397,8 @@ class ChebCB:
         """The state after playing ``arm`` at ``context`` and paying ``cost`` (an iteration count).
 
         Raises:
-            ValueError: on an arm index out of range, a context outside the range or a non-finite cost.
+            ValueError: on an arm index out of range, a context outside the range or a cost that is not a
+                finite number of at least 1.
         """
         state = self.check(state)
         arm = _check_arm(arm, len(self.arms), "ChebCB")
@@ -458,8 +459,9 @@ def _check_arm(arm, d: int, owner: str) -> int:
 
 
 def _check_cost(cost, owner: str) -> float:
-    if not (isinstance(cost, (int, float, np.integer, np.floating)) and math.isfinite(cost)):
-        raise ValueError(f"{owner}: cost must be a finite number (an iteration count), got {cost!r}")
+    if not (isinstance(cost, (int, float, np.integer, np.floating)) and math.isfinite(cost) and cost >= 1):
+        raise ValueError(f"{owner}: cost must be a finite number of at least 1 (an iteration count; the bandit "
+                         f"solvers count a solve that needed no iteration as 1), got {cost!r}")
     return float(cost)
 
 
@@ -502,7 +504,7 @@ class _BanditSolver(LinearSolver):
             self.needs_positive_definite = True
 
     def _run(self, op, b, x0, omega: float, stats: SolveStats):
-        """Solve with ``omega``; return ``(x, status, cost)``, the cost being the cap when it did not converge.
+        """Solve with ``omega``; return ``(x, status, cost)``: the iterations (at least 1), the cap if it did not converge.
 
         For a batch ``b`` the columns are solved together and ``stats.iterations`` (the cost) is the most
         any column took.
@@ -513,7 +515,8 @@ class _BanditSolver(LinearSolver):
         else:
             inner = CG(rtol=self.rtol, atol=self.atol, max_iters=self.max_iters)
             x, status, _ = inner._solve(op, b, x0, SSORPreconditioner(op, omega), None, stats)
-        cost = stats.iterations if status is Status.SUCCESS else inner.iteration_cap(b.shape[0])
+        # the learners' costs are at least 1: a right-hand side already solved by x0 counts as one iteration
+        cost = max(stats.iterations, 1) if status is Status.SUCCESS else inner.iteration_cap(b.shape[0])
         return x, status, cost
 
     def messages(self) -> dict[Status, str]:
