@@ -14,7 +14,7 @@ walls is the same matrix up to a relabelling that is a symmetry of the grid), a 
 
 * ``high``, ``low``: SOR, the two shift distributions above;
 * ``ssor-cg``: the high-variance shifts solved by CG preconditioned with SSOR(omega), the paper's second
-  solver (its section 3); this family is our addition, the authors' scripts run it on a heat equation.
+  solver; this family is our addition (the authors' scripts run SSOR-CG on a heat equation).
 
 For each family it solves every system with every omega of the grid (the table behind the hindsight
 comparators), then runs ``BanditSOR`` (Tsallis-INF) and ``ContextualBanditSOR`` (ChebCB, context ``c_t``,

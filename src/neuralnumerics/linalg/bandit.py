@@ -293,14 +293,15 @@ class WithContext:
 class ChebCB:
     """ChebCB: a contextual bandit over a finite set of arms with a scalar context in a known interval.
 
-    Each arm's cost, as a function of the context ``c``, is modelled by a Chebyshev expansion of degree
-    ``m - 1`` in ``z = 2 (c - low) / (high - low) - 1``, fitted by least squares to the rounds the arm
+    Each arm's cost, as a function of the context ``c``, is modelled by a Chebyshev expansion with
+    ``m = degree + 1`` coefficients in ``z = 2 (c - low) / (high - low) - 1``, fitted by least squares to the rounds the arm
     was played (the online regression oracle). Arms are drawn SquareCB-style by inverse-gap
     weighting: with ``yhat`` the predicted normalised costs and ``i*`` their argmin, every other arm
     gets ``p_i = 1 / (d + eta (yhat_i - yhat_i*))`` and ``i*`` the rest.
 
-    The normalisation and the learning rate follow the authors' implementation (the paper's algorithm
-    with its constants estimated from the data seen so far): with ``K`` the largest cost seen and
+    The normalisation and the learning rate follow the authors' implementation, which estimates the
+    constants of the algorithm (a bound on the costs, their spread over the contexts) from the costs
+    seen so far: with ``K`` the largest cost seen and
     ``S`` the spread (largest minus smallest), costs are normalised as ``(cost - 1) / (K N)``,
     ``N = 2 + 4 S / K (1 + log m)``; coefficients are bounded (``|theta_0| <= 1 / N``,
     ``|theta_j| <= 2 S / (K N j)``, the decay of Chebyshev coefficients of a Lipschitz function) and
@@ -321,7 +322,7 @@ class ChebCB:
         ValueError: on an empty or non-finite ``arms``, an empty ``context_range`` or a negative degree.
 
     References:
-        Khodak, Chow, Balcan, Talwalkar. ICLR 2024, section 4 (ChebCB). Foster, Rakhlin, ICML 2020 (SquareCB).
+        Khodak, Chow, Balcan, Talwalkar. ICLR 2024 (ChebCB). Foster, Rakhlin, ICML 2020 (SquareCB).
     """
 
     def __init__(self, arms: Sequence[float], *, context_range: tuple[float, float], degree: int = 5) -> None:
@@ -567,7 +568,7 @@ class BanditSOR(_BanditSolver):
 
     References:
         Khodak, Chow, Balcan, Talwalkar. "Learning to Relax: Setting Solver Parameters Across a Sequence
-        of Linear System Instances", ICLR 2024 (arXiv:2310.02246), section 2.
+        of Linear System Instances", ICLR 2024 (arXiv:2310.02246).
     """
 
     def __init__(self, omegas: Sequence[float] | None = None, *, solver: str = "sor",
@@ -614,7 +615,7 @@ class ContextualBanditSOR(_BanditSolver):
     ``stats.extra`` holds ``"omega"``, ``"probability"`` and ``"context"``.
 
     References:
-        Khodak, Chow, Balcan, Talwalkar. ICLR 2024 (arXiv:2310.02246), section 4 (ChebCB).
+        Khodak, Chow, Balcan, Talwalkar. ICLR 2024 (arXiv:2310.02246), the ChebCB algorithm.
     """
 
     def __init__(self, omegas: Sequence[float] | None = None, *, context_range: tuple[float, float],

@@ -205,12 +205,12 @@ class SOR(_RelaxationSolver):
             :func:`~neuralnumerics.linalg.linear_solve`, when the matrix has a zero diagonal entry, a
             complex dtype or non-finite entries, or when a preconditioner ``M`` is given.
 
-    The iterates are those of the textbook SOR method (e.g. Saad, Algorithm 4.2 with ``x0``); the
+    The iterates are those of the textbook SOR method (Saad, chapter 4); the
     status is ``MAX_ITERS`` at the cap and ``DIVERGED`` when the residual becomes NaN or infinite.
 
     References:
         Young. "Iterative methods for solving partial difference equations of elliptic type",
-        Trans. AMS 76 (1954). Saad. "Iterative Methods for Sparse Linear Systems", 2nd ed., SIAM (2003), §4.1.
+        Trans. AMS 76 (1954). Saad. "Iterative Methods for Sparse Linear Systems", 2nd ed., SIAM (2003), chapter 4.
     """
 
     def _correction(self, splitting: _Splitting):
@@ -236,7 +236,7 @@ class SSOR(_RelaxationSolver):
 
     References:
         Sheldon. "On the numerical solution of elliptic difference equations", MTAC 9 (1955).
-        Saad. "Iterative Methods for Sparse Linear Systems", 2nd ed., SIAM (2003), §4.1.
+        Saad. "Iterative Methods for Sparse Linear Systems", 2nd ed., SIAM (2003), chapter 4.
     """
 
     def _correction(self, splitting: _Splitting):
@@ -263,7 +263,7 @@ class SSORPreconditioner(LinearOperator):
             non-finite entries or a zero diagonal entry.
 
     References:
-        Axelsson. "Iterative Solution Methods", Cambridge (1994), §7.4. Saad (2003), §10.2.
+        Axelsson. "Iterative Solution Methods", Cambridge (1994). Saad (2003), chapter 10.
     """
 
     def __init__(self, op, omega: float) -> None:
@@ -319,7 +319,7 @@ def optimal_omega(beta: float) -> float:
         ValueError: when ``beta`` is not in ``[0, 1)``.
 
     References:
-        Young (1954); Saad (2003), Theorem 4.16.
+        Young (1954); Saad (2003), chapter 4.
     """
     beta = _check_beta(beta, "optimal_omega")
     return 2.0 / (1.0 + math.sqrt(1.0 - beta * beta))
@@ -343,7 +343,7 @@ def sor_spectral_radius(beta: float, omega: float) -> float:
         ValueError: when ``beta`` is not in ``[0, 1)`` or ``omega`` not in ``(0, 2)``.
 
     References:
-        Young (1954); Saad (2003), §4.2.5.
+        Young (1954); Saad (2003), chapter 4.
     """
     beta = _check_beta(beta, "sor_spectral_radius")
     omega = check_omega(omega, "sor_spectral_radius")
