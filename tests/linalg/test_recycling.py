@@ -191,6 +191,23 @@ def test_recycled_cg_space_is_a_orthonormal_and_finds_the_small_eigenvalues():
     torch.testing.assert_close(sols[-1].state.ritz_values, torch.logspace(-3, -1, 6, dtype=F64), rtol=1e-2, atol=0)
 
 
+@pytest.mark.parametrize("solver", [GCRODR(m=15, k=6, rtol=1e-10), RecycledCG(k=6, rtol=1e-10)], ids=repr)
+def test_recycling_does_not_depend_on_the_scale_of_the_system(solver):
+    # search directions of norm ~1e6 next to a unit-normalised recycled basis: a rank cutoff relative to the
+    # largest column would drop the whole recycled space
+    As = spd_family()
+    iters = {}
+    for scale in (1.0, 1e6):
+        state, its = None, []
+        for A in As:
+            sol = linear_solve(DenseOperator(A * scale, positive_definite=True), rhs() * scale ** 2, solver,
+                               state=state)
+            state = sol.state
+            its.append(sol.stats.iterations)
+        iters[scale] = its
+    assert iters[1e6] == iters[1.0]
+
+
 def test_recycled_cg_with_jacobi():
     As = spd_family(count=4)
     s = torch.logspace(0, 1, N, dtype=F64)

@@ -236,6 +236,9 @@ class GCRODR(LinearSolver):
     @staticmethod
     def _fit_to_operator(U: torch.Tensor, AU: torch.Tensor, cutoff: float):
         """``C = A M U`` orthonormalised by QR, ``U`` transformed alike (``A M U_new = C``); dependent directions dropped."""
+        scale = AU.norm(dim=0)  # unit columns first, so the rank cutoff judges directions, not their lengths
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        U, AU = U / scale, AU / scale
         Q, R = torch.linalg.qr(AU)
         W, X = _image_basis(R.double().cpu().numpy(), cutoff)
         W = torch.from_numpy(W).to(dtype=U.dtype, device=U.device)
@@ -271,7 +274,11 @@ class GCRODR(LinearSolver):
         P, theta = _harmonic_ritz(G, VtW, self.k)
         if P.shape[1] == 0:
             return None, None, torch.zeros(0, dtype=torch.complex128)
-        Qs, Rs = np.linalg.qr(G @ P)
+        GP = G @ P
+        norms = np.linalg.norm(GP, axis=0)
+        norms[norms == 0] = 1.0
+        P, GP = P / norms, GP / norms  # unit columns first (as in _fit_to_operator)
+        Qs, Rs = np.linalg.qr(GP)
         W, X = _image_basis(Rs, cutoff)
         coeff = torch.from_numpy(P @ X).to(dtype=dtype, device=device)
         Q = torch.from_numpy(Qs @ W).to(dtype=dtype, device=device)
@@ -563,6 +570,10 @@ def _a_orthonormalise(Z: torch.Tensor, AZ: torch.Tensor, cutoff: float):
     Directions of ``Z^T A Z`` with eigenvalues below ``cutoff`` times the largest (dependent columns, or
     directions where a new operator is not positive definite) are dropped.
     """
+    # unit A-norm columns first, so the cutoff judges directions, not their lengths
+    d = (Z * AZ).sum(dim=0)
+    d = torch.where(d > 0, d, torch.ones_like(d)).sqrt()
+    Z, AZ = Z / d, AZ / d
     K = (Z.mT @ AZ).double().cpu()
     lam, V = torch.linalg.eigh((K + K.mT) / 2)
     if lam.numel() == 0 or not bool(torch.isfinite(lam).all()) or float(lam[-1]) <= 0:
