@@ -225,6 +225,8 @@ def test_bad_options_are_refused():
         solve_sequence(systems, "gmres")
     with pytest.raises(ValueError, match=r"permutation of range\(2\)"):
         solve_sequence(systems, GCRODR(m=5, k=2), sort=[0, 0])
+    with pytest.raises(ValueError, match="features has 3 rows for 2 systems"):
+        solve_sequence(systems, GCRODR(m=5, k=2), features=torch.arange(3.0))
     with pytest.raises(ValueError, match="x0 has 3 entries for 2 systems"):
         solve_sequence(systems, GCRODR(m=5, k=2), x0=[None] * 3)
     with pytest.raises(ValueError, match="M has 1 entries for 2 systems"):

@@ -235,7 +235,8 @@ class GCRODR(LinearSolver):
 
     @staticmethod
     def _fit_to_operator(U: torch.Tensor, AU: torch.Tensor, cutoff: float):
-        """``C = A M U`` orthonormalised by QR, ``U`` transformed alike (``A M U_new = C``); dependent directions dropped."""
+        """``C = A M U`` orthonormalised by QR and ``U`` transformed alike (``A M U_new = C``), minus dependent
+        directions."""
         scale = AU.norm(dim=0)  # unit columns first, so the rank cutoff judges directions, not their lengths
         scale = torch.where(scale > 0, scale, torch.ones_like(scale))
         U, AU = U / scale, AU / scale

@@ -140,8 +140,8 @@ def solve_sequence(systems, solver: LinearSolver, *, sort: bool | Sequence[int] 
 
     Raises:
         ValueError: on an empty or malformed ``systems`` list, systems of different sizes, a bad
-            ``sort`` permutation, ``x0``/``M`` lists of the wrong length, or (naming the system) any
-            input :func:`~neuralnumerics.linalg.linear_solve` refuses.
+            ``sort`` permutation, ``features`` not one per system, ``x0``/``M`` lists of the wrong length,
+            or (naming the system) any input :func:`~neuralnumerics.linalg.linear_solve` refuses.
         LinearSolveError: with ``throw=True``, when a system does not converge.
         ImportError: ``progress=True`` without tqdm installed.
 
@@ -160,6 +160,8 @@ def solve_sequence(systems, solver: LinearSolver, *, sort: bool | Sequence[int] 
     t_sort = time.perf_counter()
     if sort is True:
         order = sort_systems(features if features is not None else list(zip(ops, rhs)))
+        if len(order) != n_sys:
+            raise ValueError(f"features has {len(order)} rows for {n_sys} systems; give one per system")
     elif sort is False:
         order = list(range(n_sys))
     else:
