@@ -83,8 +83,8 @@ def sort_systems(systems_or_features, *, start: int | str = "extreme", fft_modes
             from one end to the other without doubling back). The paper starts from the first system,
             ``start=0``.
         fft_modes: keep only the ``fft_modes`` lowest frequencies per axis of each feature array (its
-            trailing axes, all but the system axis) before measuring distances: the paper's reduction
-            for large parameter fields. ``None`` uses the features as they are.
+            trailing axes, all but the system axis) before measuring distances, the reduction the
+            authors' code applies to large parameter fields. ``None`` uses the features as they are.
 
     Returns:
         The order, a list of the N indices.
@@ -96,8 +96,8 @@ def sort_systems(systems_or_features, *, start: int | str = "extreme", fft_modes
 
     References:
         Wang et al. "Accelerating data generation for neural operators via Krylov subspace recycling",
-        ICLR 2024, Sec. 4.1 (greedy sorting by the distance of the parameter matrices; truncated FFT
-        to shorten long parameter vectors).
+        ICLR 2024, Sec. 4 (greedy sorting by the distance of the parameter matrices); the truncated FFT
+        follows the authors' released code (github.com/wanghong1700/NO-DataGen-SKR).
     """
     if _looks_like_systems(systems_or_features):
         return _greedy(_system_distances(list(systems_or_features)), len(systems_or_features), start)
