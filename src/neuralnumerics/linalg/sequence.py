@@ -335,6 +335,7 @@ def _euclidean_rows(F: torch.Tensor) -> Callable[[int, list[int]], torch.Tensor]
 def _system_distances(systems: list) -> Callable[[int, list[int]], torch.Tensor]:
     """Distances between systems through their matrices, or their right-hand sides if the matrices agree."""
     import scipy.sparse as sp
+    from scipy.sparse.linalg import norm as sparse_norm
 
     mats = []
     for i, (A, _) in enumerate(systems):
@@ -361,11 +362,11 @@ def _system_distances(systems: list) -> Callable[[int, list[int]], torch.Tensor]
         return _euclidean_rows(F)
 
     def dist(i: int, candidates: list[int]) -> torch.Tensor:
-        return torch.tensor([sp.linalg.norm(mats[j] - mats[i]) for j in candidates], dtype=torch.float64)
+        return torch.tensor([sparse_norm(mats[j] - mats[i]) for j in candidates], dtype=torch.float64)
 
     mean = sum(mats[1:], mats[0]) / len(mats)
     dist.centre_distances = lambda: torch.tensor(  # type: ignore[attr-defined]
-        [sp.linalg.norm(M - mean) for M in mats], dtype=torch.float64)
+        [sparse_norm(M - mean) for M in mats], dtype=torch.float64)
     return dist
 
 
