@@ -337,10 +337,12 @@ def _arnoldi(apply, r: torch.Tensor, beta: float, m: int, C: torch.Tensor | None
              history: list[float], denom: float) -> _Cycle:
     """Up to ``m`` steps of Arnoldi for ``(I - C C^T) A M`` from ``r``, keeping the Hessenberg matrix unrotated.
 
-    Gram-Schmidt is classical and applied twice (against ``C`` and the basis), as in
-    :func:`~neuralnumerics.linalg.gmres.arnoldi_lstsq`; Givens rotations of a copy give the residual
-    estimate after each step (appended to ``history`` divided by ``denom``). Stops early once the
-    estimate is at most ``stop_at``, or on breakdown.
+    Gram-Schmidt is classical (against ``C`` and the basis), with a second sweep only when the first
+    removed most of the vector (its norm fell below ``1/sqrt(2)`` of what it was: the Daniel-Gragg-
+    Kaufman-Stewart criterion), which keeps the basis orthogonal to working precision at about half
+    the cost of always sweeping twice. Givens rotations of a copy of the Hessenberg column give the
+    residual estimate after each step (appended to ``history`` divided by ``denom``). Stops early once
+    the estimate is at most ``stop_at``, or on breakdown.
     """
     n = r.shape[0]
     V = torch.empty(n, m + 1, dtype=r.dtype, device=r.device)
@@ -355,7 +357,8 @@ def _arnoldi(apply, r: torch.Tensor, beta: float, m: int, C: torch.Tensor | None
     j_done = 0
     for j in range(m):
         w = apply(V[:, j])
-        if not bool(torch.isfinite(w).all()):
+        before = float(w.norm())
+        if not math.isfinite(before):
             return _Cycle(V, H, B, np.zeros(0), j, False)
         basis = V[:, :j + 1]
         h = torch.zeros(j + 1, dtype=torch.float64)
@@ -367,7 +370,10 @@ def _arnoldi(apply, r: torch.Tensor, beta: float, m: int, C: torch.Tensor | None
             hj = basis.mT @ w
             w = w - basis @ hj
             h += hj.double().cpu()
-        hn = float(w.norm())
+            hn = float(w.norm())
+            if hn > before / math.sqrt(2):
+                break
+            before = hn
         H[:j + 1, j] = h.numpy()
         H[j + 1, j] = hn
         col = H[:j + 2, j].copy()
