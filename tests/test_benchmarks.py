@@ -42,3 +42,34 @@ def test_insr_advection_quick(tmp_path):
     assert "| grid semi-lagrangian, equal memory | 901 cells | 3604 B |" in out
     # the same report is written to --out-md
     assert out_md.read_text().strip() == out.strip()
+
+
+def _check_quick_report(proc, out_md, title: str, script: str) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    out = proc.stdout
+    assert out.startswith(f"# {title}")
+    for needle in ("- Machine:", "torch ", f"- Command: `python benchmarks/{script} --quick"):
+        assert needle in out, needle
+    assert out_md.read_text().strip() in out
+    return out
+
+
+@pytest.mark.slow
+def test_linalg_poisson_quick(tmp_path):
+    proc, out_md = _run_quick("linalg_poisson.py", tmp_path)
+    out = _check_quick_report(proc, out_md, "CG and preconditioned CG", "linalg_poisson.py")
+    for row in ("| 32x32 | ours CG |", "| 32x32 | scipy cg |", "| 16x16x16 | ours PCG IC(0) |"):
+        assert row in out, row
+    assert "residual " not in out.split("| grid |", 1)[1]  # every solver passed the residual check
+
+
+@pytest.mark.slow
+def test_skr_quick(tmp_path):
+    proc, out_md = _run_quick("skr.py", tmp_path)
+    _check_quick_report(proc, out_md, "", "skr.py")  # the PyAMG row on Helmholtz fails by design
+
+
+@pytest.mark.slow
+def test_learning_to_relax_quick(tmp_path):
+    proc, out_md = _run_quick("learning_to_relax.py", tmp_path)
+    _check_quick_report(proc, out_md, "", "learning_to_relax.py")
