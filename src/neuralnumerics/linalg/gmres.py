@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .._status import Status
@@ -15,8 +16,9 @@ __all__ = ["GMRES", "arnoldi_lstsq"]
 class GMRES(LinearSolver):
     """Restarted GMRES(m) with right preconditioning.
 
-    Each cycle builds an orthonormal Krylov basis by Arnoldi (classical Gram-Schmidt applied twice, which
-    is as stable as modified Gram-Schmidt and uses matrix products) and minimises the residual over it
+    Each cycle builds an orthonormal Krylov basis by Arnoldi (classical Gram-Schmidt with a second pass
+    when the first cancels much of the vector, the DGKS criterion; as stable as modified Gram-Schmidt and
+    made of matrix products) and minimises the residual over it
     with Givens rotations. With right preconditioning ``A M y = b, x = M y`` the monitored residual is the
     true residual of ``A x = b``.
 
@@ -98,10 +100,10 @@ def arnoldi_lstsq(op, r0: torch.Tensor, beta: float, m: int, M=None, *, stop_at:
     """
     n = r0.shape[0]
     V = torch.zeros(n, m + 1, dtype=r0.dtype, device=r0.device)
-    H = torch.zeros(m + 1, m, dtype=torch.float64)
-    cs = torch.zeros(m, dtype=torch.float64)
-    sn = torch.zeros(m, dtype=torch.float64)
-    g = torch.zeros(m + 1, dtype=torch.float64)
+    # the small least-squares problem lives in NumPy float64: its rotations are scalar work
+    H = np.zeros((m + 1, m))
+    cs, sn = np.zeros(m), np.zeros(m)
+    g = np.zeros(m + 1)
     g[0] = beta
     V[:, 0] = r0 / beta
     k = 0
@@ -110,35 +112,43 @@ def arnoldi_lstsq(op, r0: torch.Tensor, beta: float, m: int, M=None, *, stop_at:
         w = op.mv(M.mv(V[:, j]) if M is not None else V[:, j])
         if C is not None:
             w = w - C @ (C.mT @ w)
-        if not bool(torch.isfinite(w).all()):
-            return None, V, j, res, False
-        # classical Gram-Schmidt, twice
-        h = V[:, :j + 1].mT @ w
-        w = w - V[:, :j + 1] @ h
-        h2 = V[:, :j + 1].mT @ w
-        w = w - V[:, :j + 1] @ h2
-        h = (h + h2).double().cpu()
+        basis = V[:, :j + 1]
+        h = basis.mT @ w
+        w_norm = float(w.norm())
+        w = w - basis @ h
         hn = float(w.norm())
-        H[:j + 1, j] = h
-        H[j + 1, j] = hn
+        if not math.isfinite(hn):
+            return None, V, j, res, False
+        if hn < 0.7 * w_norm:  # large cancellation: orthogonalise once more (Daniel-Gragg-Kaufman-Stewart)
+            h2 = basis.mT @ w
+            w = w - basis @ h2
+            h = h + h2
+            hn = float(w.norm())
+        col = h.double().cpu().numpy()
         # apply the previous rotations, then make a new one
         for i in range(j):
-            a, c = H[i, j].item(), H[i + 1, j].item()
-            H[i, j] = cs[i] * a + sn[i] * c
-            H[i + 1, j] = -sn[i] * a + cs[i] * c
-        a, c = H[j, j].item(), H[j + 1, j].item()
-        rho = math.hypot(a, c)
-        cs[j], sn[j] = (a / rho, c / rho) if rho > 0 else (1.0, 0.0)
+            a, c = col[i], col[i + 1]
+            col[i], col[i + 1] = cs[i] * a + sn[i] * c, -sn[i] * a + cs[i] * c
+        a = col[j]
+        rho = math.hypot(a, hn)
+        cs[j], sn[j] = (a / rho, hn / rho) if rho > 0 else (1.0, 0.0)
+        H[:j + 1, j] = col
         H[j, j] = rho
-        H[j + 1, j] = 0.0
         g[j + 1] = -sn[j] * g[j]
         g[j] = cs[j] * g[j]
         k = j + 1
         res = abs(float(g[j + 1]))
         if history is not None:
             history.append(res / denom)
-        if hn <= 1e-14 * max(1.0, float(h.abs().max())) or res <= stop_at:
+        if hn <= 1e-14 * max(1.0, float(np.abs(col).max())) or res <= stop_at:
             break
         V[:, j + 1] = w / hn
-    y = torch.linalg.solve_triangular(H[:k, :k], g[:k, None], upper=True)[:, 0]
-    return y.to(dtype=r0.dtype, device=r0.device), V, k, res, bool(torch.isfinite(y).all())
+    y = _back_substitute(H[:k, :k], g[:k])
+    return (torch.from_numpy(y).to(dtype=r0.dtype, device=r0.device), V, k, res, bool(np.isfinite(y).all()))
+
+
+def _back_substitute(R: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """Solve the upper-triangular ``R y = g``."""
+    from scipy.linalg import solve_triangular
+
+    return solve_triangular(R, g, lower=False, check_finite=False)
