@@ -267,3 +267,36 @@ def test_solve_reports_a_solver_that_hits_its_cap(capsys):
 def test_solve_bad_arguments(args, message, capsys):
     assert main(["solve", "tank", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+# neuralnumerics sequence -------------------------------------------------------------------------------------------
+
+def test_sequence_recycling_beats_independent_solves_and_writes_a_summary(tmp_path, capsys, one_thread):
+    import numpy as np
+    import scipy.sparse.linalg as spla
+
+    from neuralnumerics.gallery import darcy_flow
+
+    out = tmp_path / "seq"
+    assert main(["sequence", "darcy", "--count", "8", "--grid", "16", "--solver", "gcrodr,gmres,recycled-cg",
+                 "--rtol", "1e-8", "--quiet", "--out", str(out)]) == 0
+    assert "darcy: 8 systems of 256 unknowns, sorted" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    by = {s["solver"]: s for s in summary["solves"]}
+    assert all(s["status"] == "success" for s in by.values())
+    assert by["gcrodr"]["iterations"] < by["gmres"]["iterations"]
+    assert sorted(by["gcrodr"]["order"]) == list(range(8))
+    assert (out / "iterations.png").stat().st_size > 0
+    # the family is what the summary says: the oracle solves one of its systems directly
+    A, b = darcy_flow(8, 16, seed=0).systems[3]
+    x = spla.spsolve(A.tocsc(), b.numpy())
+    assert np.linalg.norm(A @ x - b.numpy()) < 1e-8 * np.linalg.norm(b.numpy())
+
+
+@pytest.mark.parametrize("args,message", [
+    (["helmholtz", "--solver", "cg"], "cg needs symmetric positive definite systems and the helmholtz family"),
+    (["darcy", "--solver", "minres"], "unknown solver 'minres'; choose from gcrodr"),
+])
+def test_sequence_bad_arguments(args, message, capsys):
+    assert main(["sequence", *args, "--count", "3", "--grid", "8", "--quiet"]) == 2
+    assert message in capsys.readouterr().err

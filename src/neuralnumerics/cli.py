@@ -1,4 +1,4 @@
-"""Command line: ``neuralnumerics list``, ``run SCENARIO [...]`` and ``solve PROBLEM [...]``.
+"""Command line: ``neuralnumerics list``, ``run SCENARIO``, ``solve PROBLEM`` and ``sequence FAMILY``.
 
 A thin layer over :func:`neuralnumerics.io.run_scenario` and :func:`neuralnumerics.io.linsolve.solve_tank`;
 ``python -m neuralnumerics`` is the same.
@@ -60,6 +60,22 @@ def _build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
     solve.add_argument("--threads", type=int, help="CPU threads for torch")
     solve.add_argument("--out", help="folder for summary.json and the pictures")
+
+    seq = sub.add_parser("sequence", help="solve a generated sequence of PDE systems (SKR, bandit SOR, ...)",
+                         description="Generate a family of related PDE linear systems and solve the sequence with "
+                                     "each listed solver: recycling ones (gcrodr, recycled-cg) and bandit-sor carry "
+                                     "their state from system to system, in SKR's sorted order unless --no-sort.")
+    seq.add_argument("family", choices=["darcy", "poisson", "helmholtz", "heat"])
+    seq.add_argument("--count", type=int, default=50, help="number of systems (default 50)")
+    seq.add_argument("--grid", type=int, default=32, help="cells per side of the square grid (default 32)")
+    seq.add_argument("--solver", default="gcrodr,gmres",
+                     help="comma-separated: gcrodr, recycled-cg, gmres, cg, bandit-sor (default gcrodr,gmres)")
+    seq.add_argument("--no-sort", action="store_true", help="solve in the generated order")
+    seq.add_argument("--rtol", type=float, default=1e-6)
+    seq.add_argument("--seed", type=int, default=0, help="fixes the family")
+    seq.add_argument("--threads", type=int, help="CPU threads for torch")
+    seq.add_argument("--out", help="folder for summary.json and iterations.png")
+    seq.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
 
 
@@ -126,6 +142,35 @@ def _solve(parser, args, extra) -> int:
     return 0 if all(s["status"] == "success" for s in summary["solves"]) else 1
 
 
+def _sequence(parser, args, extra) -> int:
+    import torch
+
+    from .io.linsolve import solve_family
+
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        summary = solve_family(args.family, count=args.count, grid=args.grid, solvers=args.solver,
+                               sort=not args.no_sort, rtol=args.rtol, seed=args.seed, out=args.out,
+                               progress=not args.quiet)
+    except (ValueError, ImportError) as exc:
+        print(f"neuralnumerics: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"{args.family}: {summary['count']} systems of {summary['unknowns']} unknowns, "
+          f"{'sorted' if summary['sorted'] else 'generated order'}, rtol {summary['rtol']:g}")
+    print(f"  {'solver':<14}{'status':<11}{'iterations':>11}{'per system':>12}{'seconds':>10}")
+    for s in summary["solves"]:
+        print(f"  {s['solver']:<14}{s['status']:<11}{s['iterations']:>11}{s['iterations'] / summary['count']:>12.1f}"
+              f"{s['seconds']:>10.2f}")
+        for line in s["messages"][:3]:
+            print(f"    {line}")
+    if args.out:
+        print(f"written: {args.out}/summary.json, iterations.png")
+    return 0 if all(s["status"] == "success" for s in summary["solves"]) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``neuralnumerics`` command; returns the exit code."""
     parser = _build_parser()
@@ -140,6 +185,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "solve":
         return _solve(parser, args, extra)
+    if args.command == "sequence":
+        return _sequence(parser, args, extra)
 
     from ._status import StepDivergedError
     from .io import RunDirError, run_scenario

@@ -8,7 +8,8 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["SOLVERS", "PRECONDITIONERS", "parse_solver_specs", "solve_tank", "grid_shape"]
+__all__ = ["SOLVERS", "PRECONDITIONERS", "parse_solver_specs", "solve_tank", "grid_shape", "FAMILIES",
+           "SEQUENCE_SOLVERS", "solve_family"]
 
 
 def _solvers() -> dict[str, Callable]:
@@ -121,3 +122,65 @@ def grid_shape(text: str) -> tuple[int, ...]:
         raise ValueError(f"--grid must have 2 or 3 sizes of at least 2, got {text!r}")
     return shape
 
+
+
+FAMILIES = ("darcy", "poisson", "helmholtz", "heat")
+SEQUENCE_SOLVERS = ("gcrodr", "recycled-cg", "gmres", "cg", "bandit-sor")
+
+
+def solve_family(family: str, *, count: int = 50, grid: int = 32, solvers: str = "gcrodr,gmres",
+                 sort: bool = True, rtol: float = 1e-6, seed: int = 0, out: str | Path | None = None,
+                 progress: bool = False) -> dict:
+    """Solve a generated sequence of PDE systems (:mod:`neuralnumerics.gallery.pde_systems`) with each solver.
+
+    Recycling solvers (``gcrodr``, ``recycled-cg``) and ``bandit-sor`` carry their state along the sequence,
+    in the SKR order when ``sort`` (greedy nearest neighbour on the systems' parameters); ``gmres`` and
+    ``cg`` solve each system afresh. Returns a summary (per solver: status, total iterations and seconds,
+    iterations per system in the original order); with ``out``, writes ``summary.json`` and
+    ``iterations.png`` (iterations per system in solving order).
+
+    Raises:
+        ValueError: on an unknown family or solver, or a solver that needs SPD systems on a family that
+            is not (``cg``, ``recycled-cg`` and ``bandit-sor`` on ``helmholtz``).
+    """
+    import torch
+
+    from .. import gallery
+    from ..linalg import CG, GCRODR, GMRES, BanditSOR, RecycledCG, solve_sequence
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    names = [s.strip() for s in solvers.split(",") if s.strip()]
+    unknown = [s for s in names if s not in SEQUENCE_SOLVERS]
+    if unknown or not names:
+        raise ValueError(f"unknown solver {unknown[0] if unknown else ''!r}; choose from {', '.join(SEQUENCE_SOLVERS)}")
+    makers = {"gcrodr": lambda: GCRODR(m=40, k=20, rtol=rtol), "recycled-cg": lambda: RecycledCG(k=20, rtol=rtol),
+              "gmres": lambda: GMRES(restart=40, rtol=rtol, max_iters=4000), "cg": lambda: CG(rtol=rtol),
+              "bandit-sor": lambda: BanditSOR(rtol=rtol, generator=torch.Generator().manual_seed(seed))}
+    fam = getattr(gallery, {"darcy": "darcy_flow"}.get(family, family))(count, grid, seed=seed)
+    spd_only = {"cg", "recycled-cg", "bandit-sor"}
+    if not fam.positive_definite and spd_only & set(names):
+        bad = sorted(spd_only & set(names))
+        raise ValueError(f"{', '.join(bad)} {'needs' if len(bad) == 1 else 'need'} symmetric positive definite "
+                         f"systems and the {family} family is not; use gcrodr or gmres")
+    systems = fam.as_operators()
+    summary: dict = {"family": family, "count": count, "grid": grid, "unknowns": systems[0][0].shape[0],
+                     "sorted": sort, "rtol": rtol, "seed": seed, "solves": []}
+    curves = {}
+    for name in names:
+        result = solve_sequence(systems, makers[name](), sort=sort and name not in ("gmres", "cg"),
+                                features=fam.features, progress=progress)
+        summary["solves"].append({"solver": name, "status": result.status.value,
+                                  "iterations": result.stats.iterations, "seconds": result.stats.seconds,
+                                  "iterations_per_system": result.iterations, "order": result.order,
+                                  "messages": result.messages})
+        curves[name] = (list(range(1, count + 1)), [result.iterations[i] for i in result.order])
+    if out is not None:
+        out_dir = Path(out)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        from .plots import plot_error_curve
+
+        plot_error_curve(out_dir / "iterations.png", curves, xlabel="system (in solving order)",
+                         ylabel="iterations", title=f"{family}, {count} systems on a {grid}x{grid} grid")
+    return summary
