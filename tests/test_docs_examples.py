@@ -18,3 +18,10 @@ def test_examples_run(page, one_thread):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, f"{page}", "exec"), namespace)
+
+
+def test_readme_linear_solver_example_runs(one_thread):
+    readme = (DOCS.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "neuralnumerics.linalg" in b]
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "README.md", "exec"), {})
