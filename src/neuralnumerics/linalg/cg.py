@@ -47,15 +47,7 @@ class CG(LinearSolver):
 
     def _solve_vector(self, op, b, x0, M, stats: SolveStats):
         """One right-hand side: scalars as Python floats, in-place updates (fewer kernels per iteration)."""
-        bnorm = float(b.norm())
-        threshold = max(self.rtol * bnorm, self.atol)
-        denom = bnorm if bnorm > 0 else 1.0
-        x = x0.clone()
-        nonzero_start = bool(x.any())
-        r = b - op.mv(x) if nonzero_start else b.clone()
-        stats.matvecs += int(nonzero_start)
-        rnorm = float(r.norm())
-        stats.residual_history.append(rnorm / denom)
+        x, r, rnorm, threshold, denom = self._start(op, b, x0, stats)
         if rnorm <= threshold:
             return x, Status.SUCCESS
         z = M.mv(r) if M is not None else r

@@ -44,14 +44,7 @@ class GMRES(LinearSolver):
     def _solve(self, op, b, x0, M, state, stats: SolveStats):
         n = b.shape[0]
         cap = self.iteration_cap(n)
-        bnorm = float(b.norm())
-        threshold = float(self.stopping_threshold(torch.tensor(bnorm)))
-        denom = bnorm if bnorm > 0 else 1.0
-        x = x0.clone()
-        r = b - op.mv(x) if bool(x.any()) else b.clone()
-        stats.matvecs += int(bool(x0.any()))
-        beta = float(r.norm())
-        stats.residual_history.append(beta / denom)
+        x, r, beta, threshold, denom = self._start(op, b, x0, stats)
         if beta <= threshold:
             return x, Status.SUCCESS, state
         total = 0

@@ -156,16 +156,8 @@ class GCRODR(LinearSolver):
         state = _check_state(state, "GCRODR", b)
         n = b.shape[0]
         cap = self.iteration_cap(n)
-        bnorm = float(b.norm())
-        threshold = max(self.rtol * bnorm, self.atol)
-        denom = bnorm if bnorm > 0 else 1.0
         cutoff = _cutoff(b.dtype)
-        x = x0.clone()
-        nonzero_start = bool(x.any())
-        r = b - op.mv(x) if nonzero_start else b.clone()
-        stats.matvecs += int(nonzero_start)
-        beta = float(r.norm())
-        stats.residual_history.append(beta / denom)
+        x, r, beta, threshold, denom = self._start(op, b, x0, stats)
         if beta <= threshold:
             return x, Status.SUCCESS, state
 
@@ -464,16 +456,8 @@ class RecycledCG(LinearSolver):
 
     def _solve(self, op, b, x0, M, state, stats: SolveStats):
         state = _check_state(state, "RecycledCG", b)
-        bnorm = float(b.norm())
-        threshold = max(self.rtol * bnorm, self.atol)
-        denom = bnorm if bnorm > 0 else 1.0
         cutoff = _cutoff(b.dtype)
-        x = x0.clone()
-        nonzero_start = bool(x.any())
-        r = b - op.mv(x) if nonzero_start else b.clone()
-        stats.matvecs += int(nonzero_start)
-        rnorm = float(r.norm())
-        stats.residual_history.append(rnorm / denom)
+        x, r, rnorm, threshold, denom = self._start(op, b, x0, stats)
         if rnorm <= threshold:
             return x, Status.SUCCESS, state
 

@@ -100,6 +100,22 @@ class LinearSolver:
         """Solve ``op x = b`` from ``x0``; fill ``stats`` (iterations, history, matvecs); return (x, status, state)."""
         raise NotImplementedError
 
+    def _start(self, op: LinearOperator, b: torch.Tensor, x0: torch.Tensor, stats: SolveStats):
+        """Common start of a one-vector solve: ``(x, r, ||r||, threshold, ||b|| or 1)``.
+
+        Records the initial relative residual in ``stats`` (and the product when ``x0`` is not zero).
+        """
+        bnorm = float(b.norm())
+        threshold = max(self.rtol * bnorm, self.atol)
+        denom = bnorm if bnorm > 0 else 1.0
+        x = x0.clone()
+        nonzero_start = bool(x.any())
+        r = b - op.mv(x) if nonzero_start else b.clone()
+        stats.matvecs += int(nonzero_start)
+        rnorm = float(r.norm())
+        stats.residual_history.append(rnorm / denom)
+        return x, r, rnorm, threshold, denom
+
     def stopping_threshold(self, bnorm: torch.Tensor) -> torch.Tensor:
         """Residual norms at which each column has converged: ``max(rtol ||b||, atol)``."""
         return torch.clamp(self.rtol * bnorm, min=self.atol)
