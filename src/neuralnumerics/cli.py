@@ -1,7 +1,7 @@
 """Command line: ``neuralnumerics list``, ``run SCENARIO``, ``solve PROBLEM`` and ``sequence FAMILY``.
 
-A thin layer over :func:`neuralnumerics.io.run_scenario` and :func:`neuralnumerics.io.linsolve.solve_tank`;
-``python -m neuralnumerics`` is the same.
+A thin layer over :func:`neuralnumerics.io.run_scenario`, :func:`neuralnumerics.io.linsolve.solve_tank` and
+:func:`neuralnumerics.io.linsolve.solve_family`; ``python -m neuralnumerics`` is the same.
 """
 
 from __future__ import annotations

@@ -58,7 +58,8 @@ def solve_tank(grid: tuple[int, ...], *, solvers: str = "cg,cg+jacobi,cg+ic,gmre
 
     Returns a summary (problem, and per solver: status, iterations, seconds, setup seconds, final relative
     residual, relative difference to the first solution that converged); with ``out``, writes ``summary.json``,
-    ``residuals.png`` (residual histories) and ``solution.png`` (the pressure; the middle slice in 3D).
+    ``residuals.png`` (residual histories) and ``solution.png`` (the pressure of the first solve that
+    converged, or of the first solve when none did; the middle slice in 3D).
     Failed solves are reported with their status, never dropped.
     """
     import time
@@ -103,7 +104,7 @@ def solve_tank(grid: tuple[int, ...], *, solvers: str = "cg,cg+jacobi,cg+ic,gmre
 
             plot_error_curve(out_dir / "residuals.png", histories, xlabel="iteration",
                              ylabel="relative residual", title=f"tank {'x'.join(map(str, grid))}, rtol {rtol:g}")
-            field = first.reshape(grid)
+            field = (reference if reference is not None else first).reshape(grid)
             solid = op.solid.cpu().numpy()
             if len(grid) == 3:
                 field, solid = field[:, :, grid[2] // 2], solid[:, :, grid[2] // 2]

@@ -94,8 +94,9 @@ class CG(LinearSolver):
         bnorm = B.norm(dim=0)
         threshold = self.stopping_threshold(bnorm)
         denom = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
-        R = B - op.mv(X) if bool(X.any()) else B.clone()
-        stats.matvecs += int(bool(X.any()))
+        nonzero_start = bool(X.any())
+        R = B - op.mv(X) if nonzero_start else B.clone()
+        stats.matvecs += int(nonzero_start)
         Z = M.mv(R) if M is not None else R
         rz = (R * Z).sum(0)
         if bool((rz < 0).any()):
