@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from neuralnumerics import Status
-from neuralnumerics.fields import SIREN, flat_params
+from neuralnumerics.fields import SIREN, flat_params, functional_field, gradient, laplacian
 from neuralnumerics.pde import Box, FitConfig, ResidualTerm, fit_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -181,7 +181,6 @@ def test_lm_normal_equations_match_a_dense_jacobian(monkeypatch, chunk_bytes):
     # Oracle: the Jacobian of the whole stacked residual vector by plain reverse mode over the flat
     # weights (torch.autograd.functional.jacobian), then dense J^T J and J^T r. The fitter builds its
     # J per point with vmap(jacrev), in row chunks (forced small here), and its Gram matrix by blocks.
-    from neuralnumerics.fields import functional_field, gradient
     from neuralnumerics.pde import fit as fit_module
 
     monkeypatch.setattr(fit_module, "_CHUNK_BYTES", chunk_bytes)
@@ -208,7 +207,7 @@ def test_lm_normal_equations_match_a_dense_jacobian(monkeypatch, chunk_bytes):
     chunks, A, g = ne.linearize(theta, r)
     if chunk_bytes < 2**20:
         assert len(chunks) > 2  # the chunked path was exercised
-    torch.testing.assert_close(torch.cat(chunks), J, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(torch.cat(chunks, dim=1).mT, J, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(A, J.T @ J, rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(g, J.T @ r, rtol=1e-10, atol=1e-12)
     assert torch.equal(A, A.T)
@@ -243,3 +242,30 @@ def test_fit_keeps_its_own_start_when_no_candidate_is_better():
 def test_fit_candidates_must_match_the_field():
     with pytest.raises(ValueError, match="candidate starting weights have shape"):
         fit(net(), FitConfig("lm"), candidates=(torch.zeros(3, dtype=F64),))
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_closed_form_jacobian_is_used_only_where_it_is_exact(order):
+    """First-order residuals of a SIREN take the closed-form path; a Laplacian residual falls back to
+    vmap(jacrev). Both give the autograd Jacobian."""
+    from neuralnumerics.pde import fit as fit_module
+
+    module = SIREN(2, 1, 16, 2, first_omega=3.0, generator=torch.Generator().manual_seed(4), dtype=F64)
+    box = Box((-1.0, -1.0), (1.0, 1.0))
+    if order == 1:
+        fn = lambda u, x: u(x) ** 3 + gradient(u, x) @ torch.tensor([[0.5], [-2.0]], dtype=F64)  # noqa: E731
+    else:
+        fn = lambda u, x: laplacian(u, x) - u(x)  # noqa: E731
+    terms = [ResidualTerm("pde", fn, lambda g, q: box.sample(29, generator=g, quasi=q, dtype=F64))]
+    theta = flat_params(module)
+    points = fit_module._fixed_points(terms, torch.Generator().manual_seed(0), theta)
+    ne = fit_module._NormalEquations(module, terms, points, [0.3])
+    chunks, A, g = ne.linearize(theta, ne.residual(theta))
+    assert ne.closed_form == [order == 1]
+
+    def stacked(th):
+        return (fn(functional_field(module, th), points[0]) * 0.3).reshape(-1)
+
+    J = torch.autograd.functional.jacobian(stacked, theta)
+    torch.testing.assert_close(torch.cat(chunks, dim=1).mT, J, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(A, J.T @ J, rtol=1e-10, atol=1e-10)

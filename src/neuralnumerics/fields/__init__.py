@@ -2,9 +2,9 @@
 
 from .ops import Field, directional_derivative, divergence, gradient, jacobian, laplacian
 from .params import flat_params, functional_field, load_flat_params, param_count, unflatten_params
-from .siren import SIREN
+from .siren import SIREN, SirenJet
 
 __all__ = [
-    "SIREN", "Field", "jacobian", "gradient", "divergence", "laplacian", "directional_derivative",
+    "SIREN", "SirenJet", "Field", "jacobian", "gradient", "divergence", "laplacian", "directional_derivative",
     "flat_params", "load_flat_params", "unflatten_params", "param_count", "functional_field",
 ]

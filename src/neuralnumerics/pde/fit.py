@@ -31,7 +31,8 @@ from torch import nn
 from torch.func import functional_call, jacrev, vmap
 
 from .._status import Status
-from ..fields import Field, flat_params, functional_field, load_flat_params, param_count, unflatten_params
+from ..fields import (SIREN, Field, SirenJet, flat_params, functional_field, load_flat_params, param_count,
+                      unflatten_params)
 
 __all__ = ["ResidualTerm", "FitConfig", "FitReport", "fit_field", "OPTIMIZERS"]
 
@@ -230,13 +231,37 @@ def _fixed_points(terms: Sequence[ResidualTerm], generator, like: torch.Tensor) 
 _CHUNK_BYTES = 16 * 2**20
 
 
+def _jet_coefficients(fn, x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor):
+    """Derivatives of a pointwise residual with respect to the field's value and gradient at each point.
+
+    The residual is evaluated on a *local linear field* per point, ``y -> v + g (y - x_i)``, whose
+    value and gradient at ``x_i`` are the current field's (``value``, ``grad``). Returns
+    ``a = dr/dv`` of shape ``(n, m, c)`` and ``b = dr/dg`` of shape ``(n, m, c, d)``. Exact for
+    residuals that see the field only through its first-order jet at ``x_i``.
+    """
+    def local(v, g, xi):
+        return fn(lambda y: v + (y - xi) @ g.mT, xi[None])[0]
+
+    a, b = vmap(jacrev(local, argnums=(0, 1)))(value, grad, x)
+    n = x.shape[0]
+    return a.reshape(n, -1, value.shape[1]), b.reshape(n, -1, value.shape[1], x.shape[1])
+
+
 class _NormalEquations:
     """Gauss-Newton linearisation of the stacked, weighted residuals at fixed points.
 
-    The residual Jacobian ``J`` (rows: points x residual components, columns: weights) is built per
-    point with ``vmap(jacrev)``, in row chunks of at most ``_CHUNK_BYTES``: chunks stay in the
-    allocator's heap and in cache while their contribution to ``J^T J`` is accumulated. The Gram
-    matrix is formed block-triangularly (about 60% of a full product's work) and then mirrored.
+    The residual Jacobian ``J`` (rows: points x residual components, columns: weights) is kept
+    transposed, as row chunks ``J_c^T`` of at most ``_CHUNK_BYTES``: chunks stay in the allocator's
+    heap and in cache while their contribution to ``J^T J`` is accumulated. The Gram matrix is formed
+    block-triangularly and then mirrored.
+
+    ``J`` comes in closed form where it can: for a :class:`~neuralnumerics.fields.SIREN` and a residual
+    that sees the field only through its value and first derivatives at each point,
+    ``J = dr/d(jet) . d(jet)/d(weights)`` with the jet's weight Jacobian from
+    :class:`~neuralnumerics.fields.SirenJet` and ``dr/d(jet)`` from the residual on a local linear
+    field. Whether a term qualifies is checked once, on a few of its points, against the generic
+    ``vmap(jacrev)`` Jacobian (which catches residuals that use second derivatives or evaluate the
+    field elsewhere); terms that do not qualify use the generic path.
     """
 
     def __init__(self, module: nn.Module, terms: Sequence[ResidualTerm], points: Sequence[torch.Tensor],
@@ -248,6 +273,7 @@ class _NormalEquations:
         # column blocks of the Gram matrix: products of at least ~128 columns keep the kernels efficient
         k = max(1, min(8, self.p // 128))
         self.edges = [round(i * self.p / k) for i in range(k + 1)]
+        self.closed_form: list[bool] | None = None  # per term, decided at the first linearisation
 
     def residual(self, th: torch.Tensor) -> torch.Tensor:
         u = functional_field(self.module, th)
@@ -255,45 +281,71 @@ class _NormalEquations:
             return torch.cat([(t.fn(u, x) * s).reshape(-1)
                               for t, x, s in zip(self.terms, self.points, self.scales)])
 
-    def _jacobian_chunks(self, th: torch.Tensor):
+    def _generic(self, params, fn, xs: torch.Tensor) -> torch.Tensor:
         # Differentiate with respect to the named weight tensors, not slices of the flat vector: under
         # vmap(jacrev), slicing a flat vector costs a p-sized scatter per output and is ~10x slower.
-        params = unflatten_params(self.module, th)
         module, names = self.module, self.names
-        for t, x, s in zip(self.terms, self.points, self.scales):
-            def point_residual(pr, xi, fn=t.fn):
-                return fn(lambda y: functional_call(module, pr, (y,)), xi[None])[0]
 
-            jac_fn = vmap(jacrev(point_residual), in_dims=(None, 0))
+        def point_residual(pr, xi):
+            return fn(lambda y: functional_call(module, pr, (y,)), xi[None])[0]
+
+        jac = vmap(jacrev(point_residual), in_dims=(None, 0))(params, xs)  # {name: (n, k, *shape)}
+        n, k = xs.shape[0], jac[names[0]].shape[1]
+        return torch.cat([jac[name].reshape(n * k, -1) for name in names], dim=1).mT
+
+    def _closed(self, params, fn, xs: torch.Tensor) -> torch.Tensor:
+        jet = SirenJet(self.module, params, xs)
+        a, b = _jet_coefficients(fn, xs, jet.value, jet.grad)
+        return jet.weight_jacobian_t(a, b)
+
+    def _decide(self, params) -> list[bool]:
+        if not isinstance(self.module, SIREN):
+            return [False] * len(self.terms)
+        decisions = []
+        for t, x in zip(self.terms, self.points):
+            xs = x[:8]
+            try:
+                closed = self._closed(params, t.fn, xs)
+            except Exception:  # the residual does something the local linear field cannot stand in for
+                decisions.append(False)
+                continue
+            generic = self._generic(params, t.fn, xs)
+            tol = 1e3 * torch.finfo(x.dtype).eps * max(1.0, float(generic.abs().max()))
+            decisions.append(closed.shape == generic.shape and float((closed - generic).abs().max()) <= tol)
+        return decisions
+
+    def _jacobian_chunks(self, th: torch.Tensor):
+        params = unflatten_params(self.module, th)
+        if self.closed_form is None:
+            self.closed_form = self._decide(params)
+        for t, x, s, closed in zip(self.terms, self.points, self.scales, self.closed_form):
+            jacobian_t = self._closed if closed else self._generic
             # chunks of equal size, each at most _CHUNK_BYTES (k times that with k residual components)
             pieces = -(-x.shape[0] // max(1, _CHUNK_BYTES // (8 * self.p)))
             for xs in x.split(-(-x.shape[0] // pieces)):
-                jac = jac_fn(params, xs)  # {name: (n, k, *shape)}
-                n, k = xs.shape[0], jac[names[0]].shape[1]
-                J = torch.cat([jac[name].reshape(n * k, -1) for name in names], dim=1)
-                yield J.to(torch.float64).mul_(s)
+                yield jacobian_t(params, t.fn, xs).to(torch.float64).mul_(s)
 
     def linearize(self, th: torch.Tensor, r: torch.Tensor):
-        """``(chunks of J, J^T J, J^T r)`` at weights ``th`` with residual ``r``, in float64."""
+        """``(chunks of J^T, J^T J, J^T r)`` at weights ``th`` with residual ``r``, in float64."""
         A = torch.zeros(self.p, self.p, dtype=torch.float64, device=th.device)
         chunks, e = [], self.edges
-        for J in self._jacobian_chunks(th):
+        for Jt in self._jacobian_chunks(th):
             for i in range(len(e) - 1):
                 # lower block column i: rows e[i]: of column block i
-                A[e[i]:, e[i]:e[i + 1]].addmm_(J[:, e[i]:].mT, J[:, e[i]:e[i + 1]])
-            chunks.append(J)
+                A[e[i]:, e[i]:e[i + 1]].addmm_(Jt[e[i]:], Jt[e[i]:e[i + 1]].mT)
+            chunks.append(Jt)
         A = A.tril() + A.tril(-1).mT
         return chunks, A, self.jt(chunks, r)
 
     @staticmethod
     def jt(chunks, r: torch.Tensor) -> torch.Tensor:
-        """``J^T r`` from the row chunks of ``J``."""
+        """``J^T r`` from the chunks of ``J^T``."""
         r = r.to(torch.float64)
         out, i = None, 0
-        for J in chunks:
-            part = J.mT @ r[i:i + J.shape[0]]
+        for Jt in chunks:
+            part = Jt @ r[i:i + Jt.shape[1]]
             out = part if out is None else out + part
-            i += J.shape[0]
+            i += Jt.shape[1]
         return out
 
 
