@@ -200,14 +200,27 @@ _DRIVER = textwrap.dedent(
     model = Advection1DModel(cfg)
     points = torch.tensor(spec["eval_points"], dtype=torch.float32).reshape(-1, 1)
 
+    # calls: ("initialize" | "step", weights to load first or None); a restart loads given weights into
+    # the field, sets the step counter to the step they belong to, and steps on from there
+    calls = [("initialize", None, None)] + [("step", None, None)] * spec["steps"]
+    if spec.get("restarts"):
+        calls = []
+        for r in spec["restarts"]:
+            calls.append(("step", r["state"], r["start"] - 1))
+            calls += [("step", None, None)] * (r["count"] - 1)
+
     with open(spec["out"], "a") as out:
-        for n in range(spec["steps"] + 1):
+        for kind, state, timestep in calls:
+            if state is not None:
+                model.field.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in state.items()})
+                model.timestep = timestep
             t0 = time.perf_counter()
-            if n == 0:
+            if kind == "initialize":
                 model.initialize()
             else:
                 model.step()
             seconds = time.perf_counter() - t0
+            n = model.timestep
             with torch.no_grad():
                 values = model.field(points.to(model.device)).reshape(-1).cpu().tolist()
             rec = {
@@ -267,6 +280,7 @@ def run_reference_advection(
     workdir: str | os.PathLike | None = None,
     timeout: float | None = None,
     seed: int | None = None,
+    restarts: Sequence[tuple[int, int, dict[str, list]]] | None = None,
 ) -> list[dict]:
     """Run the reference's 1D advection example (scripts/advect1D.sh) and time each step.
 
@@ -303,6 +317,12 @@ def run_reference_advection(
         {"step": int, "t": float, "seconds": float, "iters": int,
          "error": float}   # relative L2 error vs. the exact solution on eval_points
 
+    ``restarts`` (instead of a run from the initial condition): a list of ``(start, count, state)``.
+    For each, the reference's field is set to ``state`` (a state dict of its ``MLP``, ``net.0.weight``
+    ... ``net.6.bias``, as nested lists), its step counter to ``start - 1``, and it runs ``count``
+    steps from there: its own per-step fit at steps ``start ... start + count - 1`` of a trajectory
+    given by someone else (for a benchmark: ours). ``steps`` is then ignored.
+
     The exact solution is u(x, t) = exp(-(x - 0.25 t + 1.5)^2 / (2 * 0.1^2)),
     zero where x - 0.25 t < -2 (inflow boundary). The patches applied are left
     in the module attribute :data:`last_patches`.
@@ -316,6 +336,7 @@ def run_reference_advection(
         raise FileNotFoundError(f"{ref_path} does not look like an INSR-PDE checkout")
     if steps < 0:
         raise ValueError("steps must be >= 0")
+    n_calls = sum(int(c) for _, c, _ in restarts) if restarts else steps + 1
     points = [float(x) for x in (default_eval_points() if eval_points is None else eval_points)]
 
     tmp = None
@@ -356,7 +377,7 @@ def run_reference_advection(
             "--hidden_features", str(hidden_features),
             "-sr", str(sample_resolution),
             "--dt", repr(float(dt)),
-            "-T", str(steps),
+            "-T", str(max([steps] + [int(a) + int(c) - 1 for a, c, _ in (restarts or [])])),
             "-g", "0",
             "--max_n_iters", str(max_n_iters),
         ]
@@ -368,6 +389,7 @@ def run_reference_advection(
                     "steps": steps,
                     "threads": threads,
                     "seed": seed,
+                    "restarts": [{"start": int(a), "count": int(c), "state": st} for a, c, st in (restarts or [])],
                     "eval_points": points,
                     "out": str(out_path),
                 }
@@ -412,7 +434,7 @@ def run_reference_advection(
         if timed_out or proc.returncode != 0:
             warnings.warn(
                 f"INSR reference driver {'timed out' if timed_out else 'exited with code ' + str(proc.returncode)}"
-                f" after {len(raw)} of {steps + 1} step(s); log tail:\n{log_text[-2000:]}",
+                f" after {len(raw)} of {n_calls} call(s); log tail:\n{log_text[-2000:]}",
                 RuntimeWarning,
                 stacklevel=2,
             )

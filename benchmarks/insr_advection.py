@@ -1,7 +1,8 @@
 """Benchmark: INSR 1D advection (Chen et al., ICML 2023), neuralnumerics vs. the paper's own code.
 
     python benchmarks/insr_advection.py [--quick] [--reference PATH] [--device cpu|cuda] [--threads N]
-        [--steps N] [--ref-steps N] [--integrators midpoint,gauss-legendre2] [--out-md PATH]
+        [--steps N] [--ref-steps N] [--ref-restarts K1,K2,..] [--ref-window N]
+        [--integrators midpoint,gauss-legendre2] [--out-md PATH]
 
 What it does, in one invocation (so the ratios are taken under the same machine load):
 
@@ -10,7 +11,10 @@ What it does, in one invocation (so the ratios are taken under the same machine 
    2x20 = 901 weights, 5000 samples per fit, dt 0.05, Levenberg-Marquardt fits): one initial fit per
    dtype, shared by the integrators in ``--integrators`` that use it, then ``--steps`` steps each;
 3. runs the reference (``--reference``, a local checkout of github.com/honglin-c/INSR-PDE) through
-   ``benchmarks/_insr_reference.py``, which copies and patches it (the patches are printed);
+   ``benchmarks/_insr_reference.py``, which copies and patches it (the patches are printed): first
+   ``--ref-steps`` steps from its own initial fit, then, since its full run takes about ten hours,
+   ``--ref-window`` steps from each of ``--ref-restarts``, each window started from our midpoint field
+   (same SIREN; weights copied into its network) at the step before;
 4. runs the classical grid baseline (:class:`~neuralnumerics.classical.GridAdvection1D`) at equal
    memory (as many cells as our network has weights) and, by a doubling/bisection search, with the
    cells needed to match each of our runs' final error;
@@ -83,6 +87,7 @@ class Run:
     wall_seconds: float | None = None  # stepping only (initial fit excluded), including per-step evaluation
     failure: str | None = None         # why the run stopped early (divergence, exception, timeout)
     notes: list[str] = field(default_factory=list)
+    restarted: set[int] = field(default_factory=set)  # reference steps run from our weights (--ref-restarts)
 
     def by_step(self) -> dict[int, Step]:
         out = {s.step: s for s in self.steps}
@@ -155,8 +160,10 @@ def run_ours(integrators: list[str], steps: int, *, device: torch.device, dtype:
         t0 = time.perf_counter()
         try:
             traj = evolve(problem, dt=DT, steps=steps, integrator=name, fit=fit, seed=SEED, device=device,
-                          dtype=run_dtype, start=(0, w0), keep="last", callback=progress(entry))
+                          dtype=run_dtype, start=(0, w0), keep="all", callback=progress(entry))
             run.steps = [to_step(r) for r in traj.records]
+            if name == "midpoint" and "midpoint" not in facts:  # the reference's restarts start from these
+                facts["midpoint"] = traj
         except StepDivergedError as exc:
             run.steps = [to_step(r) for r in getattr(exc.result, "records", [])]
             run.failure = f"diverged: {exc}"
@@ -207,6 +214,60 @@ def run_reference(path: str, steps: int, threads: int, timeout: float | None) ->
     if run.failure:
         log(f"  [reference] {run.failure}")
     return run, patches
+
+
+def reference_state(facts: dict, step: int) -> dict[str, list]:
+    """Our midpoint weights at ``step`` as a state dict of the reference's MLP (same SIREN, float32).
+
+    Our ``SIREN.layers[i]`` is the reference's ``net[2 i]`` (the sines sit between the linear layers);
+    both compute sin(30 (W h + b)) in every hidden layer and a linear output.
+    """
+    from neuralnumerics.fields import unflatten_params
+
+    traj = facts["midpoint"]
+    probe = facts["problem"].default_field(dtype=torch.float64)
+    params = unflatten_params(probe, traj.weights(step).to(torch.float64))
+    state = {}
+    for name, value in params.items():
+        _, i, kind = name.split(".")
+        state[f"net.{2 * int(i)}.{kind}"] = value.detach().cpu().tolist()
+    return state
+
+
+def run_reference_restarts(path: str, starts: list[int], window: int, facts: dict, threads: int,
+                           timeout: float | None, ref: Run) -> None:
+    """The reference's own step fits at ``start ... start + window - 1``, from our midpoint field at ``start - 1``.
+
+    Adds the steps to ``ref`` (marked in ``ref.restarted``); steps it already has are not repeated.
+    """
+    import _insr_reference as ref_mod
+
+    if "midpoint" not in facts:
+        log("reference restarts: skipped (they start from our midpoint run, which did not complete)")
+        return
+    have = set(ref.by_step())
+    plan = [(k, window, reference_state(facts, k - 1)) for k in starts
+            if k >= 1 and k - 1 < len(facts["midpoint"].records) and k not in have]
+    if not plan:
+        return
+    log(f"reference restarts: {window} step(s) from our midpoint field at steps {[k - 1 for k, _, _ in plan]}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            recs = ref_mod.run_reference_advection(path, steps=0, threads=threads, timeout=timeout, restarts=plan)
+        except Exception as exc:
+            recs = []
+            log(f"  [reference restarts] failed: {type(exc).__name__}: {exc}")
+    for w in caught:
+        log(f"  [reference restarts] warning: {w.message}")
+    for r in recs:
+        s = Step(r["step"], r["t"], r["seconds"], r["error"], r.get("iters"))
+        log(f"  [reference restart] step {s.step:4d}  t={s.t:6.2f}  error={s.error:.3e}  iters={s.iters}  "
+            f"{s.seconds:7.2f} s")
+        if s.step not in have:
+            ref.steps.append(s)
+            ref.restarted.add(s.step)
+    ref.steps.sort(key=lambda s: s.step)
 
 
 # --------------------------------------------------------------------------- #
@@ -382,9 +443,10 @@ def build_report(args, threads, runs: list[Run], ref: Run | None, patches: list[
     all_runs = runs + ([ref] if ref is not None else [])
     top = max([r.requested for r in all_runs] + [0])
     rows_steps = [0] + [k for k in TABLE_STEPS if k <= top]
-    for r in all_runs:  # always show each run's last requested step
+    for r in all_runs:  # always show each run's last requested step, and the reference's restarts
         if r.requested and r.requested not in rows_steps:
             rows_steps.append(r.requested)
+        rows_steps += [k for k in r.restarted if k <= top or k <= args.steps]
     rows_steps = sorted(set(rows_steps))
     headers = ["step", "t"]
     for r in all_runs:
@@ -395,12 +457,19 @@ def build_report(args, threads, runs: list[Run], ref: Run | None, patches: list[
         row = ["0 (initial fit)" if k == 0 else str(k), f"{k * DT:g}"]
         for r in all_runs:
             s = r.by_step().get(k)
-            row += [time_cell(s, r, k, max_error), fmt_error(s.error) if s else None]
+            cell = time_cell(s, r, k, max_error)
+            if k in r.restarted and cell is not None:
+                cell += " ↺"
+            row += [cell, fmt_error(s.error) if s else None]
         rows.append(row)
     out += ["## Seconds and error per step", "",
             ("Ours: " + ", ".join(r.name.removeprefix("ours, ") for r in runs)
-             + (f"; reference: {ref.requested} step(s)." if ref is not None else "; no reference run "
-                "(pass `--reference PATH`).")), "",
+             + (f"; reference: {ref.requested} step(s) from its own initial fit" if ref is not None else
+                "; no reference run (pass `--reference PATH`)")
+             + (f", and its own fits at steps {span(sorted(ref.restarted))} (marked ↺), each window started "
+                "from our midpoint field at the step before (`--ref-restarts`): the reference's cost per step "
+                "later in the run, where its own run would take hours to arrive." if ref is not None
+                and ref.restarted else ".")), "",
             markdown_table(headers, rows)]
 
     # summary
@@ -417,8 +486,11 @@ def build_report(args, threads, runs: list[Run], ref: Run | None, patches: list[
         total = None
         if r.init is not None and r.wall_seconds is not None:
             total = r.init.seconds + r.wall_seconds
-        final = r.last
-        done = f"{len(r.steps)}/{r.requested}" + (f" ({bad} wrong)" if bad else "")
+        own = [s for s in r.steps if s.step not in r.restarted]
+        final = own[-1] if own else r.init
+        done = f"{len(own)}/{r.requested}" + (f" ({bad} wrong)" if bad else "")
+        if r.restarted:
+            done += f" + {len(r.restarted)} restarted"
         if r.failure:
             done += f" — {r.failure}"
         init_cell = (fmt_seconds(r.init.seconds) if is_ok(r.init, max_error)
@@ -439,6 +511,19 @@ def build_report(args, threads, runs: list[Run], ref: Run | None, patches: list[
             "The ratios compare seconds per step over the steps both solved correctly (step 0, the initial "
             "fit, excluded).", "",
             markdown_table(sheaders, srows)]
+    if ref is not None and ref.restarted:
+        lines = []
+        for r in runs:
+            if r.name != "ours, midpoint":
+                continue
+            for label, keep in (("its own run", lambda k: k not in ref.restarted),
+                                ("the restarts", lambda k: k in ref.restarted)):
+                sub = Run(ref.name, steps=[s for s in ref.steps if keep(s.step)])
+                mean_r, med_r, common = common_ratio(sub, r, max_error)
+                if common:
+                    lines.append(f"- Reference / ours (midpoint) over {label}, steps {span(common)}: "
+                                 f"{fmt_ratio(mean_r)} (mean s/step), {fmt_ratio(med_r)} (median).")
+        out += lines + ([""] if lines else [])
     if ref is not None and ref.init is not None:
         lines = []
         for r in runs:
@@ -494,6 +579,11 @@ def parse_args(argv=None):
     ap.add_argument("--steps", type=int, default=None, help="our time steps (default 240 = t 12; --quick 10)")
     ap.add_argument("--ref-steps", type=int, default=None, help="reference time steps (default 10; --quick 1)")
     ap.add_argument("--ref-timeout", type=float, default=None, help="seconds before the reference is stopped")
+    ap.add_argument("--ref-restarts", default=None, metavar="STEPS",
+                    help="comma-separated steps k where the reference also runs --ref-window steps from our "
+                         "midpoint field at k-1, to measure its cost late in the run (default 60,120,180,239; "
+                         "--quick and '' none)")
+    ap.add_argument("--ref-window", type=int, default=2, help="reference steps per restart (default 2)")
     ap.add_argument("--integrators", default="midpoint,gauss-legendre2",
                     help="comma-separated integrators of ours, each optionally NAME:DTYPE to override --dtype "
                          "(default midpoint,gauss-legendre2)")
@@ -512,6 +602,16 @@ def parse_args(argv=None):
         args.steps = 10 if args.quick else 240
     if args.ref_steps is None:
         args.ref_steps = 1 if args.quick else 10
+    if args.ref_restarts is None:
+        args.ref_restarts = "" if args.quick else "60,120,180,239"
+    try:
+        args.ref_restarts = sorted({int(k) for k in args.ref_restarts.split(",") if k.strip()})
+    except ValueError:
+        ap.error(f"--ref-restarts: expected comma-separated step numbers, got {args.ref_restarts!r}")
+    if any(k < 1 or k > args.steps for k in args.ref_restarts):
+        ap.error(f"--ref-restarts: steps must lie in 1..{args.steps} (--steps)")
+    if args.ref_window < 1:
+        ap.error("--ref-window must be at least 1")
     if args.steps < 0 or args.ref_steps < 0:
         ap.error("--steps and --ref-steps must be non-negative")
     args.integrators = [s.strip() for s in args.integrators.split(",") if s.strip()]
@@ -547,6 +647,9 @@ def main(argv=None) -> int:
         ref, patches = run_reference(args.reference, args.ref_steps, args.threads, args.ref_timeout)
         for p in patches:
             log(f"  [reference] patch: {p}")
+        if args.ref_restarts:
+            run_reference_restarts(args.reference, args.ref_restarts, args.ref_window, facts, args.threads,
+                                   args.ref_timeout, ref)
 
     report, any_fail = build_report(args, threads, runs, ref, patches, grids, facts, device)
     print(report, flush=True)

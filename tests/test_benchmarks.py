@@ -76,3 +76,39 @@ def test_learning_to_relax_quick(tmp_path):
     proc, out_md = _run_quick("learning_to_relax.py", tmp_path)
     out = _check_quick_report(proc, out_md, "Learning to Relax: bandit-tuned SOR", "learning_to_relax.py")
     assert "| BanditSOR (Tsallis-INF) |" in out and "| best fixed ω in hindsight |" in out
+
+
+def test_insr_reference_state_maps_our_siren_onto_the_reference_mlp():
+    """The reference restarts load our weights into the reference's network (nn.Sequential of Linear layers
+    with sin(30 x) between them): the mapped network must compute our field."""
+    import torch
+    from torch import nn
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    try:
+        import insr_advection as bench
+    finally:
+        sys.path.pop(0)
+    from neuralnumerics.pde import Advection1D, evolve
+
+    problem = Advection1D(n_points=200)
+    traj = evolve(problem, dt=0.05, steps=1, seed=0)
+    state = bench.reference_state({"midpoint": traj, "problem": problem}, 1)
+
+    class Sine(nn.Module):
+        def forward(self, x):
+            return torch.sin(30 * x)
+
+    width = problem.hidden_features
+    layers = [nn.Linear(1, width), Sine()]
+    for _ in range(problem.hidden_layers):
+        layers += [nn.Linear(width, width), Sine()]
+    mlp = nn.Module()
+    mlp.net = nn.Sequential(*layers, nn.Linear(width, 1))
+    mlp.load_state_dict({k: torch.tensor(v, dtype=torch.float32) for k, v in state.items()})
+    x = torch.linspace(-2, 2, 101, dtype=torch.float64)[:, None]
+    ours = traj.field(1)(x)
+    with torch.no_grad():
+        theirs = mlp.net(x.float()).double()
+    torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
+    assert ours.abs().max() > 0.5  # a pulse, not a blank field
