@@ -12,7 +12,7 @@ What it does, in one invocation (so the ratios are taken under the same machine 
    dtype, shared by the integrators in ``--integrators`` that use it, then ``--steps`` steps each;
 3. runs the reference (``--reference``, a local checkout of github.com/honglin-c/INSR-PDE) through
    ``benchmarks/_insr_reference.py``, which copies and patches it (the patches are printed): first
-   ``--ref-steps`` steps from its own initial fit, then, since its full run takes about ten hours,
+   ``--ref-steps`` steps from its own initial fit, then, since its full run takes seven to ten hours,
    ``--ref-window`` steps from each of ``--ref-restarts``, each window started from our midpoint field
    (same SIREN; weights copied into its network) at the step before;
 4. runs the classical grid baseline (:class:`~neuralnumerics.classical.GridAdvection1D`) at equal
