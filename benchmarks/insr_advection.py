@@ -178,6 +178,18 @@ def run_ours(integrators: list[str], steps: int, *, device: torch.device, dtype:
 # --------------------------------------------------------------------------- #
 # reference
 # --------------------------------------------------------------------------- #
+def reference_steps(recs: list[dict], caught, tag: str) -> list[Step]:
+    """The reference driver's records as :class:`Step` objects, each logged (with any warnings first)."""
+    for w in caught:
+        log(f"  [{tag}] warning: {w.message}")
+    steps = []
+    for r in recs:
+        s = Step(r["step"], r["t"], r["seconds"], r["error"], r.get("iters"))
+        log(f"  [{tag}] step {s.step:4d}  t={s.t:6.2f}  error={s.error:.3e}  iters={s.iters}  {s.seconds:7.2f} s")
+        steps.append(s)
+    return steps
+
+
 def run_reference(path: str, steps: int, threads: int, timeout: float | None) -> tuple[Run, list[str]]:
     import _insr_reference as ref
 
@@ -195,12 +207,7 @@ def run_reference(path: str, steps: int, threads: int, timeout: float | None) ->
     wall = time.perf_counter() - t0
     patches = list(ref.last_patches)
     info = ref.last_run_info
-    for w in caught:
-        log(f"  [reference] warning: {w.message}")
-    for r in recs:
-        s = Step(r["step"], r["t"], r["seconds"], r["error"], r.get("iters"))
-        log(f"  [reference] step {s.step:4d}  t={s.t:6.2f}  error={s.error:.3e}  iters={s.iters}  "
-            f"{s.seconds:7.2f} s")
+    for s in reference_steps(recs, caught, "reference"):
         if s.step == 0:
             run.init = s
         else:
@@ -258,12 +265,7 @@ def run_reference_restarts(path: str, starts: list[int], window: int, facts: dic
         except Exception as exc:
             recs = []
             log(f"  [reference restarts] failed: {type(exc).__name__}: {exc}")
-    for w in caught:
-        log(f"  [reference restarts] warning: {w.message}")
-    for r in recs:
-        s = Step(r["step"], r["t"], r["seconds"], r["error"], r.get("iters"))
-        log(f"  [reference restart] step {s.step:4d}  t={s.t:6.2f}  error={s.error:.3e}  iters={s.iters}  "
-            f"{s.seconds:7.2f} s")
+    for s in reference_steps(recs, caught, "reference restart"):
         if s.step not in have:
             ref.steps.append(s)
             ref.restarted.add(s.step)
