@@ -82,13 +82,16 @@ class IncompleteCholesky(_ScipyBacked):
             raise ValueError("IncompleteCholesky: the factorisation broke down even with a diagonal shift of "
                              "diag(A); the matrix is probably not SPD")
         self.L = sp.csr_matrix((values, lower.indices.copy(), lower.indptr.copy()), shape=A.shape)
-        self.LT = self.L.T.tocsr()
+        # SuperLU on the triangular factor in its natural order, without pivoting, reproduces L (no fill-in);
+        # its compiled triangular solves are ~10x faster than scipy's spsolve_triangular
+        from scipy.sparse.linalg import splu
+
+        self._lu = splu(self.L.tocsc(), permc_spec="NATURAL", diag_pivot_thresh=0.0,
+                        options={"SymmetricMode": False})
 
     def _numpy_apply(self, r):
-        from scipy.sparse.linalg import spsolve_triangular
-
-        y = spsolve_triangular(self.L, r, lower=True)
-        return spsolve_triangular(self.LT, y, lower=False)
+        y = self._lu.solve(np.asarray(r, dtype=np.float64))
+        return self._lu.solve(y, trans="T")
 
 
 def _rows(m) -> np.ndarray:
