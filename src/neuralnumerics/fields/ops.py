@@ -5,6 +5,10 @@ shape ``(n, c)`` **pointwise**: row ``i`` of the output depends only on row ``i`
 (true of every MLP, SIREN included). Derivatives are taken in forward mode
 (:func:`torch.func.jvp`, one pass per spatial direction), so they compose with
 :func:`torch.func.vmap` / :func:`torch.func.jacrev` over the weights and with ordinary autograd.
+First derivatives of a :class:`~neuralnumerics.fields.SIREN` (the module itself, or
+:func:`~neuralnumerics.fields.functional_field` of one) come in closed form from
+:class:`~neuralnumerics.fields.SirenJet` instead: one pass for all directions, differentiable in the
+weights by autograd, about twice as fast as the forward-mode passes.
 """
 
 from __future__ import annotations
@@ -13,6 +17,9 @@ from typing import Callable
 
 import torch
 from torch.func import jvp
+
+from .params import FunctionalField
+from .siren import SIREN, SirenJet
 
 __all__ = ["Field", "jacobian", "gradient", "divergence", "laplacian", "directional_derivative"]
 
@@ -46,9 +53,25 @@ def directional_derivative(f: Field, x: torch.Tensor, v: torch.Tensor) -> torch.
     return jvp(f, (x,), (torch.broadcast_to(v, x.shape).to(x),))[1]
 
 
+def _siren_jacobian(f: Field, x: torch.Tensor) -> torch.Tensor | None:
+    """The Jacobian of a SIREN in closed form, or ``None`` when ``f`` is not a SIREN."""
+    if isinstance(f, FunctionalField) and isinstance(f.module, SIREN):
+        module, params = f.module, f.params
+    elif isinstance(f, SIREN):
+        module, params = f, dict(f.named_parameters())
+    else:
+        return None
+    if x.shape[1] != module.in_features:
+        return None
+    return SirenJet(module, params, x).grad
+
+
 def jacobian(f: Field, x: torch.Tensor) -> torch.Tensor:
     """Jacobian ``df_i/dx_j`` at each point, shape ``(n, c, d)``."""
     _check_points(x)
+    closed = _siren_jacobian(f, x)
+    if closed is not None:
+        return closed
     cols = [jvp(f, (x,), (_unit(x, k),))[1] for k in range(x.shape[1])]
     return torch.stack(cols, dim=-1)
 
@@ -69,6 +92,12 @@ def gradient(f: Field, x: torch.Tensor) -> torch.Tensor:
 def divergence(f: Field, x: torch.Tensor) -> torch.Tensor:
     """Divergence ``sum_k df_k/dx_k`` of a vector field with ``c == d``, shape ``(n, 1)``."""
     _check_points(x)
+    closed = _siren_jacobian(f, x)
+    if closed is not None:
+        if closed.shape[1] != x.shape[1]:
+            raise ValueError(f"divergence needs as many channels as dimensions, got {closed.shape[1]} "
+                             f"channels in {x.shape[1]} dimensions")
+        return closed.diagonal(dim1=1, dim2=2).sum(1, keepdim=True)
     out = None
     for k in range(x.shape[1]):
         col = jvp(f, (x,), (_unit(x, k),))[1]
