@@ -1,5 +1,6 @@
 """Grid and mesh baselines that solve the same problems as the neural solvers, the classical way."""
 
 from .advection import SCHEMES, GridAdvection1D, GridTrajectory
+from .fluid import StableFluids2D
 
-__all__ = ["GridAdvection1D", "GridTrajectory", "SCHEMES"]
+__all__ = ["GridAdvection1D", "GridTrajectory", "SCHEMES", "StableFluids2D"]
