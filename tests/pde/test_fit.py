@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from neuralnumerics import Status
-from neuralnumerics.fields import SIREN, flat_params, functional_field, gradient, laplacian
+from neuralnumerics.fields import SIREN, flat_params, functional_field, gradient, jacobian, laplacian
 from neuralnumerics.pde import Box, FitConfig, ResidualTerm, fit_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -244,24 +244,27 @@ def test_fit_candidates_must_match_the_field():
         fit(net(), FitConfig("lm"), candidates=(torch.zeros(3, dtype=F64),))
 
 
-@pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.parametrize("order", [1, 2, 0])
 def test_closed_form_jacobian_is_used_only_where_it_is_exact(order):
-    """First-order residuals of a SIREN take the closed-form path; a Laplacian residual falls back to
-    vmap(jacrev). Both give the autograd Jacobian."""
+    """First-order residuals of a SIREN take the closed-form path with the first-order jet, Laplacian
+    residuals the jet with the Laplacian; a residual with a single second derivative falls back to
+    vmap(jacrev). All give the autograd Jacobian."""
     from neuralnumerics.pde import fit as fit_module
 
     module = SIREN(2, 1, 16, 2, first_omega=3.0, generator=torch.Generator().manual_seed(4), dtype=F64)
     box = Box((-1.0, -1.0), (1.0, 1.0))
     if order == 1:
         fn = lambda u, x: u(x) ** 3 + gradient(u, x) @ torch.tensor([[0.5], [-2.0]], dtype=F64)  # noqa: E731
+    elif order == 2:
+        fn = lambda u, x: laplacian(u, x) - u(x) + gradient(u, x)[:, :1]  # noqa: E731
     else:
-        fn = lambda u, x: laplacian(u, x) - u(x)  # noqa: E731
+        fn = lambda u, x: jacobian(lambda y: gradient(u, y), x)[:, 0, :1] - u(x)  # noqa: E731
     terms = [ResidualTerm("pde", fn, lambda g, q: box.sample(29, generator=g, quasi=q, dtype=F64))]
     theta = flat_params(module)
     points = fit_module._fixed_points(terms, torch.Generator().manual_seed(0), theta)
     ne = fit_module._NormalEquations(module, terms, points, [0.3])
     chunks, A, g = ne.linearize(theta, ne.residual(theta))
-    assert ne.closed_form == [order == 1]
+    assert ne.closed_form == [order]
 
     def stacked(th):
         return (fn(functional_field(module, th), points[0]) * 0.3).reshape(-1)

@@ -5,10 +5,10 @@ shape ``(n, c)`` **pointwise**: row ``i`` of the output depends only on row ``i`
 (true of every MLP, SIREN included). Derivatives are taken in forward mode
 (:func:`torch.func.jvp`, one pass per spatial direction), so they compose with
 :func:`torch.func.vmap` / :func:`torch.func.jacrev` over the weights and with ordinary autograd.
-First derivatives of a :class:`~neuralnumerics.fields.SIREN` (the module itself, or
+First derivatives and the Laplacian of a :class:`~neuralnumerics.fields.SIREN` (the module itself, or
 :func:`~neuralnumerics.fields.functional_field` of one) come in closed form from
 :class:`~neuralnumerics.fields.SirenJet` instead: one pass for all directions, differentiable in the
-weights by autograd, about twice as fast as the forward-mode passes.
+weights by autograd and faster than the forward-mode passes.
 """
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def directional_derivative(f: Field, x: torch.Tensor, v: torch.Tensor) -> torch.
     return jvp(f, (x,), (torch.broadcast_to(v, x.shape).to(x),))[1]
 
 
-def _siren_jacobian(f: Field, x: torch.Tensor) -> torch.Tensor | None:
-    """The Jacobian of a SIREN in closed form, or ``None`` when ``f`` is not a SIREN."""
+def _siren_jet(f: Field, x: torch.Tensor, laplacian: bool = False) -> SirenJet | None:
+    """The closed-form jet of a SIREN at ``x``, or ``None`` when ``f`` is not a SIREN."""
     if isinstance(f, FunctionalField) and isinstance(f.module, SIREN):
         module, params = f.module, f.params
     elif isinstance(f, SIREN):
@@ -63,7 +63,12 @@ def _siren_jacobian(f: Field, x: torch.Tensor) -> torch.Tensor | None:
         return None
     if x.shape[1] != module.in_features:
         return None
-    return SirenJet(module, params, x).grad
+    return SirenJet(module, params, x, laplacian=laplacian)
+
+
+def _siren_jacobian(f: Field, x: torch.Tensor) -> torch.Tensor | None:
+    jet = _siren_jet(f, x)
+    return None if jet is None else jet.grad
 
 
 def jacobian(f: Field, x: torch.Tensor) -> torch.Tensor:
@@ -111,6 +116,9 @@ def divergence(f: Field, x: torch.Tensor) -> torch.Tensor:
 def laplacian(f: Field, x: torch.Tensor) -> torch.Tensor:
     """Laplacian ``sum_k d^2 f/dx_k^2`` of each channel, shape ``(n, c)``."""
     _check_points(x)
+    jet = _siren_jet(f, x, laplacian=True)
+    if jet is not None:
+        return jet.lap
     out = None
     for k in range(x.shape[1]):
         e = _unit(x, k)

@@ -119,22 +119,30 @@ class SirenJet:
         params: its weights by name (``dict(siren.named_parameters())`` or
             :func:`~neuralnumerics.fields.unflatten_params`).
         x: points, shape ``(n, in_features)``.
+        laplacian: also carry the Laplacian through the network (one more stream of activations), for
+            :attr:`lap` and residuals with Laplacian terms.
 
     Attributes:
         value: ``u(x)``, shape ``(n, c)``.
         grad: ``du_c/dx_k``, shape ``(n, c, d)``.
+        lap: ``sum_k d^2 u_c/dx_k^2``, shape ``(n, c)`` (``None`` unless ``laplacian=True``).
     """
 
-    def __init__(self, siren: SIREN, params: dict[str, torch.Tensor], x: torch.Tensor) -> None:
+    def __init__(self, siren: SIREN, params: dict[str, torch.Tensor], x: torch.Tensor, *,
+                 laplacian: bool = False) -> None:
         n, d = x.shape
         self.n, self.d = n, d
         self.weights = [(params[f"layers.{i}.weight"], params[f"layers.{i}.bias"])
                         for i in range(len(siren.layers))]
         self.omegas = [siren.first_omega] + [siren.hidden_omega] * (len(siren.layers) - 2)
-        # inputs of each layer (h: (w, n), its tangents hd: (d, w, n)) and pre-activations (s, sd)
+        # inputs of each layer (h: (w, n), its tangents hd: (d, w, n), its Laplacian hl: (w, n)) and
+        # pre-activations (s, sd, sl)
         h = x.mT
         hd = torch.eye(d, dtype=x.dtype, device=x.device)[:, :, None].expand(d, d, n)
+        hl = torch.zeros_like(h) if laplacian else None
         self.h, self.hd, self.s, self.sd = [], [], [], []
+        self.hl: list[torch.Tensor] | None = [] if laplacian else None
+        self.sl: list[torch.Tensor] | None = [] if laplacian else None
         for (W, bias), omega in zip(self.weights[:-1], self.omegas):
             self.h.append(h)
             self.hd.append(hd)
@@ -142,38 +150,54 @@ class SirenJet:
             sd = (W @ hd).mul_(omega)
             self.s.append(s)
             self.sd.append(sd)
+            if laplacian:
+                # lap sin(s) = cos(s) lap s - sin(s) |grad s|^2
+                self.hl.append(hl)
+                sl = (W @ hl).mul_(omega)
+                self.sl.append(sl)
+                hl = torch.cos(s) * sl - torch.sin(s) * sd.square().sum(0)
             h, hd = torch.sin(s), torch.cos(s) * sd
         self.h.append(h)
         self.hd.append(hd)
         W, bias = self.weights[-1]
         self.value = torch.addmm(bias[:, None], W, h).mT
         self.grad = (W @ hd).permute(2, 1, 0)
+        self.lap = None
+        if laplacian:
+            self.hl.append(hl)
+            self.lap = (W @ hl).mT
 
-    def weight_jacobian_t(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Transposed per-point Jacobian of ``r_o = a[o] . u + sum_k b[o, :, k] . du/dx_k`` in the weights.
+    def weight_jacobian_t(self, a: torch.Tensor, b: torch.Tensor, c: torch.Tensor | None = None) -> torch.Tensor:
+        """Transposed per-point Jacobian of ``r_o = a[o] . u + sum_k b[o, :, k] . du/dx_k (+ c[o] . lap u)``
+        in the weights.
 
         Args:
             a: value coefficients, shape ``(n, m, c)`` (``m`` residual components per point).
             b: gradient coefficients, shape ``(n, m, c, d)``.
+            c: Laplacian coefficients, shape ``(n, m, c)``; needs a jet made with ``laplacian=True``.
 
         Returns:
             ``J^T``, shape ``(p, n * m)``: rows in the order of
             :func:`~neuralnumerics.fields.flat_params`, columns point-major (point ``i``, component
             ``o`` at ``i * m + o``).
         """
+        if c is not None and self.hl is None:
+            raise ValueError("SirenJet.weight_jacobian_t: Laplacian coefficients need a jet made with laplacian=True")
         n, m = a.shape[0], a.shape[1]
         cols = n * m
         rep = (lambda t: t.repeat_interleave(m, dim=-1)) if m > 1 else (lambda t: t)
         at = a.reshape(cols, -1).mT  # (c, n m)
         bt = b.reshape(cols, b.shape[2], self.d).permute(2, 1, 0)  # (d, c, n m)
+        ct = None if c is None else c.reshape(cols, -1).mT
         offsets, row = [], 0
         for W, bias in self.weights:
             offsets.append(row)
             row += W.numel() + bias.numel()
         Jt = torch.empty(row, cols, dtype=a.dtype, device=a.device)
 
-        def put(i, sbar, sdbar):
-            # d/dW_i of s = W h + bias (and of its tangents sd_k = W hd_k): sbar (x) h + sum_k sdbar_k (x) hd_k
+        def put(i, sbar, sdbar, slbar):
+            # d/dW_i of s = W h + bias (and of its tangents sd_k = W hd_k and Laplacian sl = W hl):
+            # sbar (x) h + sum_k sdbar_k (x) hd_k + slbar (x) hl
             W, _ = self.weights[i]
             h, hd = rep(self.h[i]), rep(self.hd[i])
             o, size = offsets[i], W.numel()
@@ -181,22 +205,34 @@ class SirenJet:
             torch.mul(sbar[:, None, :], h[None, :, :], out=gW)
             for k in range(self.d):
                 gW.addcmul_(sdbar[k][:, None, :], hd[k][None, :, :])
+            if slbar is not None:
+                gW.addcmul_(slbar[:, None, :], rep(self.hl[i])[None, :, :])
             Jt[o + size:o + size + W.shape[0]] = sbar
 
         last = len(self.weights) - 1
         W, _ = self.weights[last]
-        put(last, at, bt)  # output layer u = W h + bias, with adjoints a (value) and b (tangents)
+        put(last, at, bt, ct)  # output layer u = W h + bias, with adjoints a (value), b (tangents), c (Laplacian)
         hbar, hdbar = W.mT @ at, W.mT @ bt  # adjoints of h (w, n m) and of its tangents (d, w, n m)
+        hlbar = None if ct is None else W.mT @ ct
         for i in range(last - 1, -1, -1):
             W, _ = self.weights[i]
             omega = self.omegas[i]
             s, sd = rep(self.s[i]), rep(self.sd[i])
-            cos = torch.cos(s)
-            # h' = sin(s), hd' = cos(s) sd, with s = omega (W h + bias), sd = omega W hd;
-            # the factor omega of s is folded into the adjoints of W h + bias
-            sbar = (hbar * cos).sub_((hdbar * sd).sum(0) * torch.sin(s)).mul_(omega)
-            sdbar = (hdbar * cos).mul_(omega)
-            put(i, sbar, sdbar)
+            cos, sin = torch.cos(s), torch.sin(s)
+            # h' = sin(s), hd' = cos(s) sd, hl' = cos(s) sl - sin(s) |sd|^2, with s = omega (W h + bias),
+            # sd = omega W hd, sl = omega W hl; the factor omega is folded into the adjoints of W h + bias
+            sbar = hbar * cos - (hdbar * sd).sum(0) * sin
+            sdbar = hdbar * cos
+            slbar = None
+            if hlbar is not None:
+                sl = rep(self.sl[i])
+                sbar -= hlbar * (sin * sl + cos * sd.square().sum(0))
+                sdbar -= 2 * hlbar * sin * sd
+                slbar = (hlbar * cos).mul_(omega)
+            sbar.mul_(omega)
+            sdbar.mul_(omega)
+            put(i, sbar, sdbar, slbar)
             if i > 0:
                 hbar, hdbar = W.mT @ sbar, W.mT @ sdbar
+                hlbar = None if slbar is None else W.mT @ slbar
         return Jt

@@ -231,20 +231,30 @@ def _fixed_points(terms: Sequence[ResidualTerm], generator, like: torch.Tensor) 
 _CHUNK_BYTES = 16 * 2**20
 
 
-def _jet_coefficients(fn, x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor):
-    """Derivatives of a pointwise residual with respect to the field's value and gradient at each point.
+def _jet_coefficients(fn, x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, lap: torch.Tensor | None = None):
+    """Derivatives of a pointwise residual with respect to the field's value, gradient (and Laplacian).
 
-    The residual is evaluated on a *local linear field* per point, ``y -> v + g (y - x_i)``, whose
-    value and gradient at ``x_i`` are the current field's (``value``, ``grad``). Returns
-    ``a = dr/dv`` of shape ``(n, m, c)`` and ``b = dr/dg`` of shape ``(n, m, c, d)``. Exact for
-    residuals that see the field only through its first-order jet at ``x_i``.
+    The residual is evaluated on a *local polynomial field* per point, ``y -> v + g (y - x_i)``, plus
+    ``lap / (2 d) |y - x_i|^2`` when ``lap`` is given, whose value, gradient (and Laplacian) at ``x_i``
+    are the current field's. Returns ``a = dr/dv`` of shape ``(n, m, c)``, ``b = dr/dg`` of shape
+    ``(n, m, c, d)`` and ``c = dr/d(lap)`` of shape ``(n, m, c)`` (``None`` without ``lap``). Exact for
+    residuals that see the field only through these quantities at ``x_i``.
     """
-    def local(v, g, xi):
-        return fn(lambda y: v + (y - xi) @ g.mT, xi[None])[0]
+    n, d = x.shape
+    if lap is None:
+        def local(v, g, xi):
+            return fn(lambda y: v + (y - xi) @ g.mT, xi[None])[0]
 
-    a, b = vmap(jacrev(local, argnums=(0, 1)))(value, grad, x)
-    n = x.shape[0]
-    return a.reshape(n, -1, value.shape[1]), b.reshape(n, -1, value.shape[1], x.shape[1])
+        a, b = vmap(jacrev(local, argnums=(0, 1)))(value, grad, x)
+        c = None
+    else:
+        def local(v, g, lp, xi):
+            return fn(lambda y: v + (y - xi) @ g.mT + (y - xi).square().sum(-1, keepdim=True) * (lp / (2 * d)),
+                      xi[None])[0]
+
+        a, b, c = vmap(jacrev(local, argnums=(0, 1, 2)))(value, grad, lap, x)
+        c = c.reshape(n, -1, value.shape[1])
+    return a.reshape(n, -1, value.shape[1]), b.reshape(n, -1, value.shape[1], x.shape[1]), c
 
 
 class _NormalEquations:
@@ -259,9 +269,10 @@ class _NormalEquations:
     that sees the field only through its value and first derivatives at each point,
     ``J = dr/d(jet) . d(jet)/d(weights)`` with the jet's weight Jacobian from
     :class:`~neuralnumerics.fields.SirenJet` and ``dr/d(jet)`` from the residual on a local linear
-    field. Whether a term qualifies is checked once, on a few of its points, against the generic
-    ``vmap(jacrev)`` Jacobian (which catches residuals that use second derivatives or evaluate the
-    field elsewhere); terms that do not qualify use the generic path.
+    field; likewise for residuals that also see the Laplacian (a local quadratic field with the same
+    Laplacian). Whether a term qualifies, and with which jet, is checked once, on a few of its points,
+    against the generic ``vmap(jacrev)`` Jacobian (which catches residuals that use other second
+    derivatives or evaluate the field elsewhere); terms that do not qualify use the generic path.
     """
 
     def __init__(self, module: nn.Module, terms: Sequence[ResidualTerm], points: Sequence[torch.Tensor],
@@ -273,7 +284,8 @@ class _NormalEquations:
         # column blocks of the Gram matrix: products of at least ~128 columns keep the kernels efficient
         k = max(1, min(8, self.p // 128))
         self.edges = [round(i * self.p / k) for i in range(k + 1)]
-        self.closed_form: list[bool] | None = None  # per term, decided at the first linearisation
+        # per term, decided at the first linearisation: 0 generic, 1 first-order jet, 2 jet with Laplacian
+        self.closed_form: list[int] | None = None
 
     def residual(self, th: torch.Tensor) -> torch.Tensor:
         u = functional_field(self.module, th)
@@ -293,37 +305,41 @@ class _NormalEquations:
         n, k = xs.shape[0], jac[names[0]].shape[1]
         return torch.cat([jac[name].reshape(n * k, -1) for name in names], dim=1).mT
 
-    def _closed(self, params, fn, xs: torch.Tensor) -> torch.Tensor:
-        jet = SirenJet(self.module, params, xs)
-        a, b = _jet_coefficients(fn, xs, jet.value, jet.grad)
-        return jet.weight_jacobian_t(a, b)
+    def _closed(self, params, fn, xs: torch.Tensor, order: int = 1) -> torch.Tensor:
+        jet = SirenJet(self.module, params, xs, laplacian=order == 2)
+        a, b, c = _jet_coefficients(fn, xs, jet.value, jet.grad, jet.lap)
+        return jet.weight_jacobian_t(a, b, c)
 
-    def _decide(self, params) -> list[bool]:
+    def _decide(self, params) -> list[int]:
         if not isinstance(self.module, SIREN):
-            return [False] * len(self.terms)
+            return [0] * len(self.terms)
         decisions = []
         for t, x in zip(self.terms, self.points):
             xs = x[:8]
-            try:
-                closed = self._closed(params, t.fn, xs)
-            except Exception:  # the residual does something the local linear field cannot stand in for
-                decisions.append(False)
-                continue
             generic = self._generic(params, t.fn, xs)
             tol = 1e3 * torch.finfo(x.dtype).eps * max(1.0, float(generic.abs().max()))
-            decisions.append(closed.shape == generic.shape and float((closed - generic).abs().max()) <= tol)
+            order = 0
+            for trial in (1, 2):
+                try:
+                    closed = self._closed(params, t.fn, xs, trial)
+                except Exception:  # the residual does something the local polynomial field cannot stand in for
+                    continue
+                if closed.shape == generic.shape and float((closed - generic).abs().max()) <= tol:
+                    order = trial
+                    break
+            decisions.append(order)
         return decisions
 
     def _jacobian_chunks(self, th: torch.Tensor):
         params = unflatten_params(self.module, th)
         if self.closed_form is None:
             self.closed_form = self._decide(params)
-        for t, x, s, closed in zip(self.terms, self.points, self.scales, self.closed_form):
-            jacobian_t = self._closed if closed else self._generic
+        for t, x, s, order in zip(self.terms, self.points, self.scales, self.closed_form):
             # chunks of equal size, each at most _CHUNK_BYTES (k times that with k residual components)
             pieces = -(-x.shape[0] // max(1, _CHUNK_BYTES // (8 * self.p)))
             for xs in x.split(-(-x.shape[0] // pieces)):
-                yield jacobian_t(params, t.fn, xs).to(torch.float64).mul_(s)
+                Jt = self._closed(params, t.fn, xs, order) if order else self._generic(params, t.fn, xs)
+                yield Jt.to(torch.float64).mul_(s)
 
     def linearize(self, th: torch.Tensor, r: torch.Tensor):
         """``(chunks of J^T, J^T J, J^T r)`` at weights ``th`` with residual ``r``, in float64."""
