@@ -101,6 +101,10 @@ class StableFluids2D:
         rtol: relative residual tolerance of the pressure solve, in ``[10 eps, 1)`` of ``dtype``; default
             ``max(1e-8, 100 eps)`` (1e-8 in float64, about 1.2e-5 in float32).
         record_pressure: keep every step's pressure system in :attr:`pressure_systems`.
+        force: optional forcing applied after advection, before the projection: ``force(points, velocity)``
+            gets the face centres ``(m, 2)`` and the advected velocity there ``(m, 2)`` and returns the
+            forced velocity, of which each face keeps its own component (e.g.
+            :meth:`IncompressibleFlow2D.force <neuralnumerics.pde.fluid.IncompressibleFlow2D.force>` imposes a jet).
 
     Attributes:
         nx, ny: cells per axis; ``h``: cell size; ``lo``, ``hi``: the box corners as float pairs.
@@ -135,7 +139,8 @@ class StableFluids2D:
                  lo: Sequence[float] = (-1.0, -1.0), hi: Sequence[float] = (1.0, 1.0),
                  obstacle: tuple[float, float, float] | None = None, dtype: torch.dtype = torch.float64,
                  device: torch.device | str = "cpu", solver: str = "pcg", rtol: float | None = None,
-                 record_pressure: bool = False) -> None:
+                 record_pressure: bool = False,
+                 force: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> None:
         if isinstance(n, bool) or not isinstance(n, int) or n < 4:
             raise ValueError(f"StableFluids2D: n (cells along x) must be an integer >= 4, got {n!r}")
         lo, hi = _corner(lo, "lo"), _corner(hi, "hi")
@@ -147,6 +152,10 @@ class StableFluids2D:
         if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
             raise ValueError(f"StableFluids2D: dtype must be a floating torch dtype such as torch.float64, "
                              f"got {dtype!r}")
+        if force is not None and not callable(force):
+            raise ValueError(f"StableFluids2D: force must be a callable (points (m, 2), velocities (m, 2)) -> "
+                             f"velocities (m, 2), got {type(force).__name__}")
+        self.force = force
         if solver not in SOLVERS:
             raise ValueError(f"StableFluids2D: unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
         eps = torch.finfo(dtype).eps
@@ -382,6 +391,12 @@ class StableFluids2D:
         m = self._u_points.shape[0]
         new_u = self._interpolate(u, foot[:m], (0.0, 0.5)).reshape(u.shape)
         new_v = self._interpolate(v, foot[m:], (0.5, 0.0)).reshape(v.shape)
+        if self.force is not None:
+            # the forcing sees the full advected velocity at each face and sets that face's component
+            full = self._velocity(points, new_u, new_v)
+            forced = self.force(points, full)
+            new_u = forced[:m, 0].reshape(u.shape)
+            new_v = forced[m:, 1].reshape(v.shape)
         return new_u, new_v
 
     def step(self, dt: float) -> StableFluids2D:
