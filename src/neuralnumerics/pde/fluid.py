@@ -44,7 +44,7 @@ from torch import nn
 from .._status import Status, StepDivergedError
 from ..fields import SIREN, divergence, flat_params, functional_field, jacobian, laplacian, load_flat_params
 from .domain import Box
-from .evolve import step_generator
+from .evolve import StepRecord, step_generator
 from .fit import FitConfig, FitReport, ResidualTerm, fit_field
 from .problem import relative_l2
 
@@ -345,23 +345,15 @@ def _scalar_gradient(p, x):
 
 
 @dataclass
-class FluidStepRecord:
-    """Metrics of one fluid time step (one line of ``metrics.jsonl``)."""
+class FluidStepRecord(StepRecord):
+    """Metrics of one fluid time step (one line of ``metrics.jsonl``): a :class:`~neuralnumerics.pde.StepRecord`
+    (``loss`` and ``fit_iters`` summed over the stages, ``error`` against the analytic velocity) with the
+    flow's RMS divergence, kinetic energy, its ratio to the initial one, and per-stage fit reports."""
 
-    step: int
-    t: float
-    loss: float
-    fit_iters: int
-    seconds: float
-    status: str
-    error: float | None = None
     rms_divergence: float | None = None
     kinetic_energy: float | None = None
     energy_ratio: float | None = None
     stages: dict = dataclass_field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class FluidTrajectory:
