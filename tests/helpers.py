@@ -25,9 +25,16 @@ def read_metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
+def _untimed(d):
+    if not isinstance(d, dict):
+        return d
+    return {k: _untimed(v) for k, v in d.items() if k not in TIMING_KEYS}
+
+
 def computed_metrics(run_dir: Path) -> list[dict]:
-    """The records of ``metrics.jsonl`` without the timing keys (what must be reproducible)."""
-    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in read_metrics(run_dir)]
+    """The records of ``metrics.jsonl`` without the timing keys, also in nested records such as the per-stage
+    reports of a fluid step (what must be reproducible)."""
+    return [_untimed(m) for m in read_metrics(run_dir)]
 
 
 def snapshot(run_dir: Path) -> dict[str, tuple[int, bytes]]:

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .pde.advection import Advection1D, gaussian_pulse
+from .pde.fluid import IncompressibleFlow2D, jet_past_cylinder, taylor_green, taylor_green_multiscale
 from .pde.problem import Problem
 
 __all__ = ["Option", "Scenario", "SCENARIOS", "get_scenario"]
@@ -31,16 +32,20 @@ class Scenario:
         description: one line for ``neuralnumerics list``.
         build: makes the problem from the resolved options.
         options: the scenario's own options.
-        defaults: default run settings (``dt``, ``steps``, ``integrator``, ``optimizer``).
+        defaults: default run settings (``dt``, ``steps``, ``integrator``, ``optimizer``, ``max_fit_iters``,
+            ``rtol``).
         methods: ``"insr"`` and the classical baselines that can run it.
+        kind: ``"pde"`` (a :class:`~neuralnumerics.pde.Problem` marched by a time integrator) or ``"fluid"``
+            (an :class:`~neuralnumerics.pde.fluid.IncompressibleFlow2D` advanced by operator splitting).
     """
 
     name: str
     description: str
-    build: Callable[[dict[str, Any]], Problem]
+    build: Callable[[dict[str, Any]], Problem | IncompressibleFlow2D]
     options: tuple[Option, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
     methods: tuple[str, ...] = ("insr",)
+    kind: str = "pde"
 
     def resolve(self, given: dict[str, Any] | None = None) -> dict[str, Any]:
         """The scenario's options with ``given`` values applied, checked and converted.
@@ -75,6 +80,21 @@ def _advection1d(o: dict[str, Any]) -> Advection1D:
                        hidden_layers=o["hidden_layers"], boundary_weight=o["boundary_weight"])
 
 
+def _flow_kwargs(o: dict[str, Any]) -> dict[str, Any]:
+    return dict(n_points=o["n_points"], hidden_features=o["hidden_features"], hidden_layers=o["hidden_layers"],
+                pressure_omega=o["pressure_omega"])
+
+
+_FLUID_OPTIONS = (
+    Option("n_points", int, 128 ** 2, "sample points per fit (the paper's 128^2)"),
+    Option("hidden_features", int, 32, "SIREN width (velocity and pressure)"),
+    Option("hidden_layers", int, 3, "SIREN hidden layers"),
+    Option("pressure_omega", float, 10.0, "first-layer frequency of the pressure SIREN (velocity: 30)"),
+    Option("scheme", str, "fused", "splitting scheme: fused (2 fits per step) or paper (3 fits)", ("fused", "paper")),
+    Option("grid_cells", int, 0, "cells across the grid baseline (0: as much memory as the two SIRENs' weights)"),
+)
+_FLUID_DEFAULTS = {"dt": 0.05, "steps": 100, "optimizer": "lbfgs", "max_fit_iters": 300, "rtol": 1e-4}
+
 SCENARIOS: dict[str, Scenario] = {
     "advection1d": Scenario(
         name="advection1d",
@@ -95,6 +115,27 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         defaults={"dt": 0.05, "steps": 240, "integrator": "midpoint", "optimizer": "lm"},
         methods=("insr", "grid"),
+    ),
+    "fluid-taylor-green": Scenario(
+        name="fluid-taylor-green",
+        description="2D Euler flow, the Taylor-Green vortex on [-1, 1]^2 (INSR paper, Sec. 5.2); steady, analytic",
+        build=lambda o: taylor_green(**_flow_kwargs(o)),
+        options=_FLUID_OPTIONS, defaults=_FLUID_DEFAULTS, methods=("insr", "grid"), kind="fluid",
+    ),
+    "fluid-taylor-green-multiscale": Scenario(
+        name="fluid-taylor-green-multiscale",
+        description="2D Euler flow, Taylor-Green vortices of two sizes (INSR paper, Sec. 5.2)",
+        build=lambda o: taylor_green_multiscale(o["scale"], **_flow_kwargs(o)),
+        options=_FLUID_OPTIONS + (Option("scale", float, 8.0, "size ratio of the two vortex cells"),),
+        defaults=_FLUID_DEFAULTS, methods=("insr", "grid"), kind="fluid",
+    ),
+    "fluid-jet-cylinder": Scenario(
+        name="fluid-jet-cylinder",
+        description="2D Euler flow, a jet from the floor of a closed box hitting a disc",
+        build=lambda o: jet_past_cylinder(speed=o["speed"], width=o["width"], **_flow_kwargs(o)),
+        options=_FLUID_OPTIONS + (Option("speed", float, 0.5, "jet speed"),
+                                  Option("width", float, 0.2, "nozzle width")),
+        defaults=_FLUID_DEFAULTS, methods=("insr", "grid"), kind="fluid",
     ),
 }
 

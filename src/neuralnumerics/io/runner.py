@@ -71,9 +71,17 @@ def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None 
         raise ValueError(f"scenario {scenario!r} has no method {method!r}; choose one of {list(sc.methods)}")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
-    integrator = integrator or d.get("integrator", "midpoint")
-    get_integrator(integrator)  # raises on an unknown name
-    fit = FitConfig(optimizer=optimizer or d.get("optimizer", "lm"), max_iters=max_fit_iters,
+    if sc.kind == "fluid":
+        if integrator is not None:
+            raise ValueError(f"scenario {scenario!r} advances by operator splitting (advect, pressure, project); "
+                             "--integrator does not apply to it")
+        integrator = "operator-splitting"
+    else:
+        integrator = integrator or d.get("integrator", "midpoint")
+        get_integrator(integrator)  # raises on an unknown name
+    rtol = d.get("rtol") if rtol is None else rtol
+    fit = FitConfig(optimizer=optimizer or d.get("optimizer", "lm"),
+                    max_iters=d.get("max_fit_iters") if max_fit_iters is None else max_fit_iters,
                     **({} if rtol is None else {"rtol": rtol}))
     if checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
@@ -128,15 +136,16 @@ def run_scenario(scenario: str, *, out: str | None = None, resume: bool = False,
             ``summary.json`` records the failure.
     """
     config = resolve_config(scenario, **settings)
+    sc = get_scenario(scenario)
+    problem = sc.build(config["options"])  # bad option values fail here, before anything is written
     rd = RunDir(out or f"runs/{scenario}", resume=resume, overwrite=overwrite)
     if resume:
         _check_resume(rd.read_config(), config)
     rd.write_config(config)
-    sc = get_scenario(scenario)
-    problem = sc.build(config["options"])
     device = _pick_device(config["device"])
     dtype = getattr(torch, config["dtype"])
-    runner = _run_insr if config["method"] == "insr" else _run_grid
+    runner = {("pde", "insr"): _run_insr, ("pde", "grid"): _run_grid,
+              ("fluid", "insr"): _run_fluid, ("fluid", "grid"): _run_fluid_grid}[sc.kind, config["method"]]
     started = time.perf_counter()
     summary: dict[str, Any] = {"scenario": scenario, "method": config["method"], "run_dir": str(rd.path)}
     try:
@@ -168,6 +177,7 @@ def _summarise(metrics: list[dict], config: dict, device: torch.device) -> dict[
         "initial_fit_seconds": metrics[0]["seconds"] if metrics else None,
         "peak_memory_mb": _peak_memory_mb(device),
         "integrator": config["integrator"], "dt": config["dt"],
+        **{f"final_{k}": last[k] for k in ("rms_divergence", "energy_ratio") if k in last},
     }
 
 
@@ -287,6 +297,100 @@ def _run_grid(rd: RunDir, problem, config, device, dtype, resume, bar) -> None:
             if step % config["frame_every"] == 0 or step == config["steps"]:
                 _frame(rd, problem, step, step * config["dt"], traj.field(step), ylim,
                        f"grid ({cells} cells, {solver.scheme})")
+            bar.update(row)
+    finally:
+        bar.close()
+
+
+def _fluid_frame(rd: RunDir, problem, step: int, t: float, vort: np.ndarray, label: str) -> None:
+    from .plots import plot_grid_field
+
+    n = vort.shape[0]
+    solid = ~problem.inside(problem.domain.grid(n, dtype=torch.float64)).reshape(n, n).numpy()
+    plot_grid_field(rd.frame_path(step), vort, mask=solid, label="vorticity",
+                    title=f"{problem.name}  {label}  step {step}  t = {t:.3f}")
+
+
+def _run_fluid(rd: RunDir, problem, config, device, dtype, resume, bar) -> None:
+    from ..pde.fluid import evolve_fluid, vorticity
+
+    start = None
+    if resume and rd.checkpoint_steps():
+        step = rd.checkpoint_steps()[-1]
+        ckpt = rd.load_checkpoint(step)
+        start = (int(ckpt["step"]), ckpt["velocity"], ckpt["pressure"])
+        rd.truncate_metrics(step)
+    elif resume:
+        rd.truncate_metrics(-1)
+    fit = FitConfig(optimizer=config["fit"]["optimizer"], max_iters=config["fit"]["max_iters"],
+                    rtol=config["fit"]["rtol"])
+    frame_x = problem.domain.grid(128, dtype=dtype, device=device)
+
+    def callback(record, traj) -> None:
+        row = record.to_dict()
+        row["peak_memory_mb"] = _peak_memory_mb(device)
+        rd.append_metrics(row)
+        wu, wp = traj.weights(record.step)
+        if record.step % config["checkpoint_every"] == 0 or record.step == config["steps"]:
+            rd.save_checkpoint(record.step, {"step": record.step, "t": record.t, "velocity": wu.cpu(),
+                                             "pressure": wp.cpu(), "config": config})
+        if record.step % config["frame_every"] == 0 or record.step == config["steps"]:
+            vort = vorticity(traj.velocity(record.step), frame_x).reshape(128, 128).cpu().numpy()
+            _fluid_frame(rd, problem, record.step, record.t, vort, "INSR")
+        bar.update(row)
+
+    bar.start(0 if start is None else start[0])
+    try:
+        evolve_fluid(problem, dt=config["dt"], steps=config["steps"], scheme=config["options"]["scheme"], fit=fit,
+                     seed=config["seed"], device=device, dtype=dtype, callback=callback, start=start, keep="last")
+    finally:
+        bar.close()
+
+
+def equal_memory_cells(weights: int) -> int:
+    """Cells across a square MAC grid whose state (``u``, ``v``, pressure: ``3 n^2 + 2 n`` floats) is closest
+    to ``weights`` floats."""
+    n = int((-2 + math.sqrt(4 + 12 * weights)) / 6)
+    return max(4, min((n, n + 1), key=lambda k: abs(3 * k * k + 2 * k - weights)))
+
+
+def _run_fluid_grid(rd: RunDir, problem, config, device, dtype, resume, bar) -> None:
+    # The grid baseline is cheap and deterministic: a resumed run recomputes it from the start.
+    from ..classical.fluid import StableFluids2D
+    from ..pde.fluid import flow_diagnostics
+    from ..pde.problem import relative_l2
+
+    rd.truncate_metrics(-1)
+    weights = param_count(problem.default_field(2)) + param_count(problem.default_field(1))
+    cells = config["options"]["grid_cells"] or equal_memory_cells(weights)
+    sim = StableFluids2D(cells, initial=problem.initial, lo=problem.domain.lo, hi=problem.domain.hi,
+                         obstacle=problem.obstacle, force=problem.force if problem.jet is not None else None,
+                         dtype=dtype, device=device)
+    eval_x = problem.eval_points(128, dtype=dtype, device=device)
+    energy0 = flow_diagnostics(problem, problem.initial, eval_x, 0.0)["kinetic_energy"] or None
+    area = problem.domain.volume * problem.fluid_fraction
+    bar.start(0)
+    try:
+        for step in range(config["steps"] + 1):
+            if step > 0:
+                sim.step(config["dt"])
+            t = step * config["dt"]
+            values = sim.velocity(eval_x)
+            exact = problem.exact(eval_x, t)
+            energy = float(0.5 * values.double().square().sum(1).mean()) * area
+            row = {"step": step, "t": t, "loss": 0.0,
+                   "fit_iters": sim.pressure_iterations[-1] if step > 0 else 0,
+                   "seconds": sim.step_seconds[-1] if step > 0 else 0.0, "status": "success",
+                   "error": None if exact is None else relative_l2(values, exact),
+                   "rms_divergence": sim.rms_divergence(), "kinetic_energy": energy,
+                   "energy_ratio": None if energy0 is None else energy / energy0,
+                   "memory_bytes": sim.memory_bytes, "peak_memory_mb": _peak_memory_mb(device)}
+            rd.append_metrics(row)
+            if step % config["checkpoint_every"] == 0 or step == config["steps"]:
+                rd.save_checkpoint(step, {"step": step, "u": sim.u.cpu(), "v": sim.v.cpu(),
+                                          "pressure": sim.pressure.cpu(), "config": config})
+            if step % config["frame_every"] == 0 or step == config["steps"]:
+                _fluid_frame(rd, problem, step, t, sim.vorticity().cpu().numpy(), f"grid {sim.nx}x{sim.ny}")
             bar.update(row)
     finally:
         bar.close()
