@@ -272,3 +272,24 @@ def test_closed_form_jacobian_is_used_only_where_it_is_exact(order):
     J = torch.autograd.functional.jacobian(stacked, theta)
     torch.testing.assert_close(torch.cat(chunks, dim=1).mT, J, rtol=1e-10, atol=1e-12)
     torch.testing.assert_close(A, J.T @ J, rtol=1e-10, atol=1e-10)
+
+
+def test_terms_with_per_point_data_keep_the_closed_form_jacobian():
+    """Points that carry data after their coordinates (ResidualTerm.coords): the jet is built on the
+    coordinates only, and the Jacobian still matches autograd."""
+    from neuralnumerics.pde import fit as fit_module
+
+    module = SIREN(2, 1, 16, 2, first_omega=3.0, generator=torch.Generator().manual_seed(5), dtype=F64)
+    box = Box((-1.0, -1.0), (1.0, 1.0))
+    data = box.sample(23, generator=torch.Generator().manual_seed(1), dtype=F64)
+    rows = torch.cat([data, torch.linspace(-1, 1, 23, dtype=F64)[:, None]], 1)   # x, y, target
+    fns = {1: lambda u, xd: gradient(u, xd[:, :2]).sum(1, keepdim=True) * u(xd[:, :2]) - xd[:, 2:],
+           2: lambda u, xd: laplacian(u, xd[:, :2]) - xd[:, 2:]}
+    for order, fn in fns.items():
+        terms = [ResidualTerm("pde", fn, lambda g, q: rows, coords=2)]
+        theta = flat_params(module)
+        ne = fit_module._NormalEquations(module, terms, [rows], [1.0])
+        chunks, A, g = ne.linearize(theta, ne.residual(theta))
+        assert ne.closed_form == [order]
+        J = torch.autograd.functional.jacobian(lambda th: fn(functional_field(module, th), rows).reshape(-1), theta)
+        torch.testing.assert_close(torch.cat(chunks, dim=1).mT, J, rtol=1e-10, atol=1e-12)

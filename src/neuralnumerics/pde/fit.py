@@ -53,12 +53,16 @@ class ResidualTerm:
             Row ``i`` may depend on ``x[i]`` only.
         sample: ``sample(generator, quasi) -> (n, d)`` draws the points of this term.
         weight: weight ``w`` of ``mean_i |r_i|^2`` in the loss.
+        coords: when the points carry per-point data after their coordinates (targets, normals, ... computed
+            once per draw), the number of leading columns that are coordinates; ``fn`` then receives the
+            whole rows and must pass only ``x[:, :coords]`` to the field. ``None``: every column is a coordinate.
     """
 
     name: str
     fn: Callable[[Field, torch.Tensor], torch.Tensor]
     sample: Callable[[torch.Generator | None, bool], torch.Tensor]
     weight: float = 1.0
+    coords: int | None = None
 
 
 @dataclass(frozen=True)
@@ -231,30 +235,34 @@ def _fixed_points(terms: Sequence[ResidualTerm], generator, like: torch.Tensor) 
 _CHUNK_BYTES = 16 * 2**20
 
 
-def _jet_coefficients(fn, x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, lap: torch.Tensor | None = None):
+def _jet_coefficients(fn, x: torch.Tensor, value: torch.Tensor, grad: torch.Tensor, lap: torch.Tensor | None = None,
+                      coords: int | None = None):
     """Derivatives of a pointwise residual with respect to the field's value, gradient (and Laplacian).
 
     The residual is evaluated on a *local polynomial field* per point, ``y -> v + g (y - x_i)``, plus
     ``lap / (2 d) |y - x_i|^2`` when ``lap`` is given, whose value, gradient (and Laplacian) at ``x_i``
     are the current field's. Returns ``a = dr/dv`` of shape ``(n, m, c)``, ``b = dr/dg`` of shape
     ``(n, m, c, d)`` and ``c = dr/d(lap)`` of shape ``(n, m, c)`` (``None`` without ``lap``). Exact for
-    residuals that see the field only through these quantities at ``x_i``.
+    residuals that see the field only through these quantities at ``x_i``. With ``coords``, only the first
+    ``coords`` columns of ``x`` are coordinates (the rest is data the residual reads).
     """
-    n, d = x.shape
+    n = x.shape[0]
+    d = grad.shape[-1]
+    k = coords if coords is not None else x.shape[1]
     if lap is None:
         def local(v, g, xi):
-            return fn(lambda y: v + (y - xi) @ g.mT, xi[None])[0]
+            return fn(lambda y: v + (y - xi[:k]) @ g.mT, xi[None])[0]
 
         a, b = vmap(jacrev(local, argnums=(0, 1)))(value, grad, x)
         c = None
     else:
         def local(v, g, lp, xi):
-            return fn(lambda y: v + (y - xi) @ g.mT + (y - xi).square().sum(-1, keepdim=True) * (lp / (2 * d)),
+            return fn(lambda y: v + (y - xi[:k]) @ g.mT + (y - xi[:k]).square().sum(-1, keepdim=True) * (lp / (2 * d)),
                       xi[None])[0]
 
         a, b, c = vmap(jacrev(local, argnums=(0, 1, 2)))(value, grad, lap, x)
         c = c.reshape(n, -1, value.shape[1])
-    return a.reshape(n, -1, value.shape[1]), b.reshape(n, -1, value.shape[1], x.shape[1]), c
+    return a.reshape(n, -1, value.shape[1]), b.reshape(n, -1, value.shape[1], d), c
 
 
 class _NormalEquations:
@@ -305,9 +313,9 @@ class _NormalEquations:
         n, k = xs.shape[0], jac[names[0]].shape[1]
         return torch.cat([jac[name].reshape(n * k, -1) for name in names], dim=1).mT
 
-    def _closed(self, params, fn, xs: torch.Tensor, order: int = 1) -> torch.Tensor:
-        jet = SirenJet(self.module, params, xs, laplacian=order == 2)
-        a, b, c = _jet_coefficients(fn, xs, jet.value, jet.grad, jet.lap)
+    def _closed(self, params, fn, xs: torch.Tensor, order: int = 1, coords: int | None = None) -> torch.Tensor:
+        jet = SirenJet(self.module, params, xs if coords is None else xs[:, :coords], laplacian=order == 2)
+        a, b, c = _jet_coefficients(fn, xs, jet.value, jet.grad, jet.lap, coords)
         return jet.weight_jacobian_t(a, b, c)
 
     def _decide(self, params) -> list[int]:
@@ -321,7 +329,7 @@ class _NormalEquations:
             order = 0
             for trial in (1, 2):
                 try:
-                    closed = self._closed(params, t.fn, xs, trial)
+                    closed = self._closed(params, t.fn, xs, trial, t.coords)
                 except Exception:  # the residual does something the local polynomial field cannot stand in for
                     continue
                 if closed.shape == generic.shape and float((closed - generic).abs().max()) <= tol:
@@ -338,7 +346,7 @@ class _NormalEquations:
             # chunks of equal size, each at most _CHUNK_BYTES (k times that with k residual components)
             pieces = -(-x.shape[0] // max(1, _CHUNK_BYTES // (8 * self.p)))
             for xs in x.split(-(-x.shape[0] // pieces)):
-                Jt = self._closed(params, t.fn, xs, order) if order else self._generic(params, t.fn, xs)
+                Jt = self._closed(params, t.fn, xs, order, t.coords) if order else self._generic(params, t.fn, xs)
                 yield Jt.to(torch.float64).mul_(s)
 
     def linearize(self, th: torch.Tensor, r: torch.Tensor):

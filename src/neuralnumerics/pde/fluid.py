@@ -528,7 +528,7 @@ def _fixed(points: torch.Tensor):
 
 def _term(name: str, fn, points: torch.Tensor) -> ResidualTerm:
     """A residual term on fixed points whose columns after the first two are per-point data for ``fn(u, x, d)``."""
-    return ResidualTerm(name, lambda u, xd: fn(u, xd[:, :2], xd[:, 2:]), _fixed(points))
+    return ResidualTerm(name, lambda u, xd: fn(u, xd[:, :2], xd[:, 2:]), _fixed(points), coords=2)
 
 
 def _poisson(p, x, d):
