@@ -81,12 +81,13 @@ def _advection1d(o: dict[str, Any]) -> Advection1D:
 
 
 def _flow_kwargs(o: dict[str, Any]) -> dict[str, Any]:
-    return dict(n_points=o["n_points"], hidden_features=o["hidden_features"], hidden_layers=o["hidden_layers"],
-                pressure_omega=o["pressure_omega"])
+    return dict(n_points=o["n_points"], pressure_points=o["pressure_points"], hidden_features=o["hidden_features"],
+                hidden_layers=o["hidden_layers"], pressure_omega=o["pressure_omega"])
 
 
 _FLUID_OPTIONS = (
     Option("n_points", int, 128 ** 2, "sample points per fit (the paper's 128^2)"),
+    Option("pressure_points", int, 4096, "how many of those points the pressure fit uses"),
     Option("hidden_features", int, 32, "SIREN width (velocity and pressure)"),
     Option("hidden_layers", int, 3, "SIREN hidden layers"),
     Option("pressure_omega", float, 10.0, "first-layer frequency of the pressure SIREN (velocity: 30)"),
