@@ -37,6 +37,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # --------------------------------------------------------------------------- #
 # threads and devices
 # --------------------------------------------------------------------------- #
+def log(msg: str) -> None:
+    """Progress goes to stderr; the report goes to stdout."""
+    print(msg, file=sys.stderr, flush=True)
+
+
 def pin_threads(n: int) -> dict[str, int]:
     """Use ``n`` threads here and in every subprocess started afterwards.
 

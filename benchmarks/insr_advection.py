@@ -48,7 +48,7 @@ if str(_HERE) not in sys.path:
 
 import torch  # noqa: E402
 
-from _common import (REPO_ROOT, finite, fmt_bytes, fmt_error, fmt_seconds, machine_header,  # noqa: E402
+from _common import (REPO_ROOT, finite, fmt_bytes, fmt_error, fmt_seconds, log, machine_header,  # noqa: E402
                      markdown_table, median_time, pin_threads, resolve_device, write_markdown)
 
 TITLE = "INSR 1D advection: neuralnumerics vs. the INSR reference implementation"
@@ -58,10 +58,6 @@ TABLE_STEPS = (1, 2, 5, 10, 20, 60, 120, 240)
 DT = 0.05
 SEED = 0
 
-
-def log(msg: str) -> None:
-    """Progress goes to stderr; the report goes to stdout."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------- #

@@ -52,7 +52,8 @@ import scipy.sparse as sp  # noqa: E402
 import torch  # noqa: E402
 from scipy.sparse.linalg import spsolve  # noqa: E402
 
-from _common import REPO_ROOT, fmt_seconds, machine_header, markdown_table, pin_threads, write_markdown  # noqa: E402
+from _common import (REPO_ROOT, fmt_seconds, log, machine_header, markdown_table, pin_threads,  # noqa: E402
+                     write_markdown)
 from neuralnumerics._status import Status  # noqa: E402
 from neuralnumerics.linalg.bandit import DEFAULT_OMEGAS, BanditSOR, ContextualBanditSOR, WithContext  # noqa: E402
 from neuralnumerics.linalg.cg import CG  # noqa: E402
@@ -81,10 +82,6 @@ PAPER_BEST_FIXED = {
     "ssor-cg": None,
 }
 
-
-def log(msg: str) -> None:
-    """Progress goes to stderr; the report goes to stdout."""
-    print(msg, file=sys.stderr, flush=True)
 
 
 @dataclass

@@ -45,7 +45,7 @@ if str(_HERE) not in sys.path:
 
 import numpy as np  # noqa: E402
 
-from _common import (REPO_ROOT, fmt_error, fmt_seconds, machine_header, markdown_table, pin_threads,  # noqa: E402
+from _common import (REPO_ROOT, fmt_error, fmt_seconds, log, machine_header, markdown_table, pin_threads,  # noqa: E402
                      resolve_device, write_markdown)
 
 TITLE = "SKR (sorting + Krylov subspace recycling) on sequences of PDE systems vs. independent solves"
@@ -58,9 +58,6 @@ PAPER = ("Wang et al. (ICLR 2024) report SKR up to **13.9x** faster than GMRES (
          "unknowns (settings from the authors' scripts, github.com/wanghong1700/NO-DataGen-SKR). The paper "
          "does not compare against sparse direct solvers or multigrid.")
 
-
-def log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def log_progress(msg: str, t0: float) -> None:

@@ -112,3 +112,13 @@ def test_insr_reference_state_maps_our_siren_onto_the_reference_mlp():
         theirs = mlp.net(x.float()).double()
     torch.testing.assert_close(theirs, ours, rtol=0, atol=1e-4)
     assert ours.abs().max() > 0.5  # a pulse, not a blank field
+
+
+@pytest.mark.slow
+def test_insr_fluid_quick(tmp_path):
+    proc, out_md = _run_quick("insr_fluid.py", tmp_path)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    out = proc.stdout
+    assert "- Command: `python benchmarks/insr_fluid.py --quick" in out
+    assert "| 0 (initial fit) |" in out
+    assert "(n=47)" in out and out_md.exists()
