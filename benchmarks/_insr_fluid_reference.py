@@ -40,10 +40,8 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from dataclasses import dataclass, field
@@ -54,7 +52,8 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from _insr_reference import DRIVER_PREAMBLE, _kill_group, _read_jsonl, patch_reference_copy  # noqa: E402
+from _insr_reference import (DRIVER_PREAMBLE, _kill_group, _read_jsonl, manual_parser,  # noqa: E402
+                             patch_reference_copy, scratch_copy)
 
 __all__ = ["run_reference_fluid", "ReferenceFluidRun", "reference_argv", "REFERENCE_CONFIG",
            "REFERENCE_DEPENDENCIES", "ANALYTIC_ENERGY"]
@@ -340,21 +339,8 @@ def run_reference_fluid(
                      f"(install with `pip install {' '.join(missing)}`, or put them on PYTHONPATH)")
         return run
 
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="insr_fluid_ref_")
-        work = Path(tmp.name)
-    else:
-        work = Path(workdir).resolve()
-        work.mkdir(parents=True, exist_ok=True)
+    tmp, work, copy_dir, proj_dir = scratch_copy(ref_path, workdir, "insr_fluid_ref_")
     try:
-        copy_dir = work / "INSR-PDE"
-        if copy_dir.exists():
-            shutil.rmtree(copy_dir)
-        shutil.copytree(ref_path, copy_dir, ignore=shutil.ignore_patterns(".git", "checkpoints", "__pycache__"))
-        proj_dir = work / "checkpoints"
-        if proj_dir.exists():
-            shutil.rmtree(proj_dir)  # the reference would otherwise prompt on stdin
         run.patches = patch_reference_copy(copy_dir, python=python)
         run.argv = reference_argv(str(proj_dir), steps, max_iters)
 
@@ -408,15 +394,8 @@ def run_reference_fluid(
 
 
 if __name__ == "__main__":  # small manual entry point
-    import argparse
-
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ref_path")
-    ap.add_argument("--steps", type=int, default=1)
-    ap.add_argument("--threads", type=int, default=1)
+    ap = manual_parser(__doc__.splitlines()[0], steps=1)
     ap.add_argument("--max-iters", type=int, default=None)
-    ap.add_argument("--workdir", default=None)
-    ap.add_argument("--timeout", type=float, default=None)
     a = ap.parse_args()
     res = run_reference_fluid(a.ref_path, a.steps, threads=a.threads, max_iters=a.max_iters, workdir=a.workdir,
                               timeout=a.timeout, progress=lambda r: print(json.dumps(r), file=sys.stderr))

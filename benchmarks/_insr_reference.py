@@ -271,6 +271,35 @@ def _kill_group(proc: subprocess.Popen) -> None:
 # --------------------------------------------------------------------------- #
 # public entry point
 # --------------------------------------------------------------------------- #
+def scratch_copy(ref_path: Path, workdir: str | os.PathLike | None, prefix: str):
+    """A fresh copy of the reference checkout in a scratch directory (``workdir``, or a temporary one).
+
+    Returns ``(tmp, work, copy_dir, proj_dir)``: the ``TemporaryDirectory`` to clean up (``None`` for a
+    given ``workdir``), the scratch directory, the copy, and the (removed) directory the reference will
+    write its checkpoints to (it would otherwise prompt on stdin about an existing one).
+    """
+    tmp = None
+    if workdir is None:
+        tmp = tempfile.TemporaryDirectory(prefix=prefix)
+        work = Path(tmp.name)
+    else:
+        work = Path(workdir).resolve()
+        work.mkdir(parents=True, exist_ok=True)
+    try:
+        copy_dir = work / "INSR-PDE"
+        if copy_dir.exists():
+            shutil.rmtree(copy_dir)
+        shutil.copytree(ref_path, copy_dir, ignore=shutil.ignore_patterns(".git", "checkpoints", "__pycache__"))
+        proj_dir = work / "checkpoints"
+        if proj_dir.exists():
+            shutil.rmtree(proj_dir)
+    except BaseException:
+        if tmp is not None:
+            tmp.cleanup()
+        raise
+    return tmp, work, copy_dir, proj_dir
+
+
 def run_reference_advection(
     ref_path: str | os.PathLike,
     *,
@@ -345,24 +374,8 @@ def run_reference_advection(
     n_calls = sum(int(c) for _, c, _ in restarts) if restarts else steps + 1
     points = [float(x) for x in (default_eval_points() if eval_points is None else eval_points)]
 
-    tmp = None
-    if workdir is None:
-        tmp = tempfile.TemporaryDirectory(prefix="insr_ref_")
-        work = Path(tmp.name)
-    else:
-        work = Path(workdir).resolve()
-        work.mkdir(parents=True, exist_ok=True)
-
+    tmp, work, copy_dir, proj_dir = scratch_copy(ref_path, workdir, "insr_ref_")
     try:
-        copy_dir = work / "INSR-PDE"
-        if copy_dir.exists():
-            shutil.rmtree(copy_dir)
-        shutil.copytree(
-            ref_path, copy_dir, ignore=shutil.ignore_patterns(".git", "checkpoints", "__pycache__")
-        )
-        proj_dir = work / "checkpoints"
-        if proj_dir.exists():
-            shutil.rmtree(proj_dir)  # the reference would otherwise prompt on stdin
 
         patches = patch_reference_copy(copy_dir, python=python)
         last_patches = list(patches)
@@ -463,15 +476,22 @@ def run_reference_advection(
             tmp.cleanup()
 
 
-if __name__ == "__main__":  # small manual entry point
+def manual_parser(description: str, steps: int):
+    """Command-line parser of the reference modules' manual entry points (path, steps, threads, scratch
+    directory, timeout)."""
     import argparse
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("ref_path")
-    ap.add_argument("--steps", type=int, default=2)
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("ref_path", help="local checkout of github.com/honglin-c/INSR-PDE")
+    ap.add_argument("--steps", type=int, default=steps)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--workdir", default=None, help="keep the patched copy here (default: a temporary directory)")
     ap.add_argument("--timeout", type=float, default=None)
+    return ap
+
+
+if __name__ == "__main__":  # small manual entry point
+    ap = manual_parser(__doc__.splitlines()[0], steps=2)
     ap.add_argument("--seed", type=int, default=None)
     a = ap.parse_args()
     recs = run_reference_advection(

@@ -7,7 +7,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from neuralnumerics.linalg import (DenseOperator, DiagonalOperator, FunctionOperator, PoissonGrid, SparseOperator,
+from neuralnumerics.linalg import (DenseOperator, DiagonalOperator, FunctionOperator, PoissonGrid,
                                    as_operator)
 
 F64 = torch.float64
