@@ -159,3 +159,15 @@ def test_short_taylor_green_run_stays_close_and_resumes(one_thread):
     assert again.records[0].error == recs[2].error
     torch.testing.assert_close(again.weights(2)[0], traj.weights(2)[0], rtol=0, atol=0)
     assert isinstance(traj.velocity_module, SIREN)
+
+
+def test_paper_scheme_fits_advection_pressure_and_projection(one_thread):
+    flow = F.taylor_green(n_points=768, wall_points=24, hidden_features=12, hidden_layers=2)
+    traj = F.evolve_fluid(flow, dt=0.05, steps=1, scheme="paper", fit=FitConfig("lbfgs", max_iters=100, rtol=1e-4),
+                          pressure_fit=FitConfig("lm", max_iters=5, rtol=0.05),
+                          initial_fit=FitConfig("lbfgs", max_iters=400, rtol=1e-5, warmup_iters=100),
+                          eval_resolution=32)
+    rec = traj.records[-1]
+    assert list(rec.stages) == ["advection", "pressure", "projection"]
+    assert rec.error < 0.1 and rec.energy_ratio < 1.01
+    assert rec.fit_iters == sum(s["iters"] for s in rec.stages.values())
