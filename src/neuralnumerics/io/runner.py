@@ -80,16 +80,18 @@ def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None 
         integrator = integrator or d.get("integrator", "midpoint")
         get_integrator(integrator)  # raises on an unknown name
     rtol = d.get("rtol") if rtol is None else rtol
+    ftol = d.get("ftol")
     fit = FitConfig(optimizer=optimizer or d.get("optimizer", "lm"),
                     max_iters=d.get("max_fit_iters") if max_fit_iters is None else max_fit_iters,
-                    **({} if rtol is None else {"rtol": rtol}))
+                    **({} if rtol is None else {"rtol": rtol}), **({} if ftol is None else {"ftol": ftol}))
     if checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
     frame_every = frame_every or max(1, steps // 60)
     return {
         "scenario": scenario, "method": method, "steps": steps, "dt": float(dt), "seed": int(seed),
         "device": str(_pick_device(device)), "dtype": dtype, "integrator": integrator,
-        "fit": {"optimizer": fit.optimizer, "max_iters": fit.iters, "rtol": fit.rtol},
+        "fit": {"optimizer": fit.optimizer, "max_iters": fit.iters, "rtol": fit.rtol,
+                **({} if ftol is None else {"ftol": fit.ftol})},
         "frame_every": int(frame_every), "checkpoint_every": int(checkpoint_every),
         "options": sc.resolve(options), "torch": str(torch.__version__),
     }
@@ -323,7 +325,7 @@ def _run_fluid(rd: RunDir, problem, config, device, dtype, resume, bar) -> None:
     elif resume:
         rd.truncate_metrics(-1)
     fit = FitConfig(optimizer=config["fit"]["optimizer"], max_iters=config["fit"]["max_iters"],
-                    rtol=config["fit"]["rtol"])
+                    rtol=config["fit"]["rtol"], ftol=config["fit"].get("ftol", FitConfig.ftol))
     frame_x = problem.domain.grid(128, dtype=dtype, device=device)
 
     def callback(record, traj) -> None:
