@@ -48,8 +48,9 @@ from .evolve import StepRecord, step_generator
 from .fit import FitConfig, FitReport, ResidualTerm, fit_field
 from .problem import relative_l2
 
-__all__ = ["IncompressibleFlow2D", "taylor_green", "taylor_green_multiscale", "jet_past_cylinder",
-           "FluidStepRecord", "FluidTrajectory", "evolve_fluid", "flow_diagnostics", "SCHEMES"]
+__all__ = ["IncompressibleFlow2D", "Jet", "taylor_green", "taylor_green_multiscale", "jet_past_cylinder",
+           "taylor_green_velocity", "taylor_green_multiscale_velocity", "FluidStepRecord", "FluidTrajectory",
+           "evolve_fluid", "flow_diagnostics", "vorticity", "SCHEMES"]
 
 SCHEMES = {
     "fused": "advected velocity taken at the fit's points, pressure fit, projection fit: 2 fits per step",
