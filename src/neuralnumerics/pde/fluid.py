@@ -111,7 +111,7 @@ class Jet:
     width: float = 0.2
     depth: float = 0.15
     speed: float = 0.5
-    soft: float = 0.05
+    soft: float = 0.1
 
     def weight(self, pts: torch.Tensor, y0: float) -> torch.Tensor:
         """Blend weight in ``[0, 1]``: 1 inside the nozzle, 0 away from it, shape ``(n,)``."""
