@@ -104,6 +104,11 @@ def _git_describe() -> str | None:
         return None
 
 
+# the revision of the code a benchmark runs, taken when the script starts (a long run may end after the
+# checkout has moved on)
+_GIT_AT_IMPORT = _git_describe()
+
+
 def command_line(argv: Sequence[str] | None = None) -> str:
     """The command as typed, ``python <script> <args>``, shell-quoted."""
     argv = list(sys.argv if argv is None else argv)
@@ -136,7 +141,7 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "neuralnumerics": nn_version,
-        "git": _git_describe(),
+        "git": _GIT_AT_IMPORT,
         "platform": platform.platform(),
     }
 
