@@ -92,6 +92,7 @@ _FLUID_OPTIONS = (
     Option("hidden_layers", int, 3, "SIREN hidden layers"),
     Option("pressure_omega", float, 10.0, "first-layer frequency of the pressure SIREN (velocity: 30)"),
     Option("scheme", str, "fused", "splitting scheme: fused (2 fits per step) or paper (3 fits)", ("fused", "paper")),
+    Option("divergence_weight", float, 0.0, "weight of a div u penalty in the projection fit (0: the paper's)"),
     Option("grid_cells", int, 0, "cells across the grid baseline (0: as much memory as the two SIRENs' weights)"),
 )
 # the velocity fits stop when 25 L-BFGS iterations gain less than 1% (ftol), at the latest after 300

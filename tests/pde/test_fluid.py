@@ -171,3 +171,16 @@ def test_paper_scheme_fits_advection_pressure_and_projection(one_thread):
     assert list(rec.stages) == ["advection", "pressure", "projection"]
     assert rec.error < 0.1 and rec.energy_ratio < 1.01
     assert rec.fit_iters == sum(s["iters"] for s in rec.stages.values())
+
+
+def test_divergence_penalty_lowers_the_divergence(one_thread):
+    flow = F.taylor_green(n_points=1024, wall_points=32, hidden_features=16, hidden_layers=2)
+    kw = dict(dt=0.05, steps=1, fit=FitConfig("lbfgs", max_iters=150, rtol=1e-4),
+              pressure_fit=FitConfig("lm", max_iters=5, rtol=0.05),
+              initial_fit=FitConfig("lbfgs", max_iters=400, rtol=1e-5, warmup_iters=100), eval_resolution=48)
+    plain = F.evolve_fluid(flow, **kw).records[-1]
+    penalised = F.evolve_fluid(flow, divergence_weight=0.1, **kw).records[-1]
+    assert penalised.rms_divergence < 0.7 * plain.rms_divergence, (penalised.rms_divergence, plain.rms_divergence)
+    assert penalised.error < 0.1
+    with pytest.raises(ValueError, match="divergence_weight"):
+        F.evolve_fluid(flow, divergence_weight=-1.0, **kw)

@@ -344,7 +344,8 @@ def _run_fluid(rd: RunDir, problem, config, device, dtype, resume, bar) -> None:
     bar.start(0 if start is None else start[0])
     try:
         evolve_fluid(problem, dt=config["dt"], steps=config["steps"], scheme=config["options"]["scheme"], fit=fit,
-                     seed=config["seed"], device=device, dtype=dtype, callback=callback, start=start, keep="last")
+                     seed=config["seed"], device=device, dtype=dtype, callback=callback, start=start, keep="last",
+                     divergence_weight=config["options"]["divergence_weight"])
     finally:
         bar.close()
 
