@@ -470,6 +470,8 @@ def evolve_fluid(problem: IncompressibleFlow2D, *, dt: float, steps: int, scheme
     eval_x = problem.eval_points(eval_resolution, dtype=dtype, device=dev)
     # kinetic energy of the initial condition, the reference of every step's energy_ratio (None when it is 0)
     energy0 = flow_diagnostics(problem, problem.initial, eval_x, 0.0)["kinetic_energy"] or None
+    with torch.no_grad():
+        initial_scale = _rms(problem.initial(eval_x))
 
     def finish(step: int, reports: dict[str, FitReport], seconds: float) -> None:
         wu, wp = flat_params(velocity), flat_params(pressure)
@@ -494,7 +496,7 @@ def evolve_fluid(problem: IncompressibleFlow2D, *, dt: float, steps: int, scheme
         generator = step_generator(seed, 0)
         points = problem.sample_fluid(problem.n_points, generator, True, dtype).to(dev)
         term = _term("initial", _matches, torch.cat([points, problem.initial(points)], 1))
-        report = fit_field(velocity, [term], initial_fit, generator=generator, scale=_rms(problem.initial(eval_x)))
+        report = fit_field(velocity, [term], initial_fit, generator=generator, scale=initial_scale)
         finish(0, {"initial": report}, time.perf_counter() - t0)
     else:
         first = int(start[0])
@@ -508,10 +510,12 @@ def evolve_fluid(problem: IncompressibleFlow2D, *, dt: float, steps: int, scheme
     first_pressure_fit = replace(pressure_fit, max_iters=max(pressure_fit.iters, 40))
     for step in range(first + 1, steps + 1):
         t0 = time.perf_counter()
-        u_prev = functional_field(frozen_u, flat_params(velocity))
+        generator = step_generator(seed, step)
+        points = problem.sample_fluid(problem.n_points, generator, True, dtype).to(dev)
+        walls = problem.sample_walls(generator, True, dtype).to(dev)
+        advected = _advected(problem, functional_field(frozen_u, flat_params(velocity)), dt)
         fits = (fit, first_pressure_fit if step == 1 else pressure_fit)
-        reports = stepper(problem, velocity, pressure, u_prev, dt, fits, step_generator(seed, step), dtype, dev,
-                          divergence_weight)
+        reports = stepper(problem, velocity, pressure, advected, points, walls, fits, generator, divergence_weight)
         finish(step, reports, time.perf_counter() - t0)
     return traj
 
@@ -532,13 +536,6 @@ def _advected(problem: IncompressibleFlow2D, u_prev: Velocity, dt: float) -> Vel
         return problem.force(x, u_prev(foot))
 
     return advected
-
-
-def _fit(module: nn.Module, terms, config: FitConfig, generator, scale: float) -> FitReport:
-    t0 = time.perf_counter()
-    report = fit_field(module, terms, config, generator=generator, scale=scale)
-    report.seconds = time.perf_counter() - t0
-    return report
 
 
 def _fixed(points: torch.Tensor):
@@ -586,33 +583,29 @@ def _project(problem, velocity, pressure, target, div_target, points, walls, fit
     reports = {}
     p_terms = [_term("poisson", _poisson, torch.cat([p_points, div], 1)),
                _term("neumann", _neumann, torch.cat([walls, flux], 1))]
-    reports["pressure"] = _fit(pressure, p_terms, pressure_fit, generator, _rms(div))
+    reports["pressure"] = fit_field(pressure, p_terms, pressure_fit, generator=generator, scale=_rms(div))
     with torch.no_grad():
         projected = a - _scalar_gradient(functional_field(pressure, flat_params(pressure)), points)
     u_terms = [_term("projection", _matches, torch.cat([points, projected], 1)),
                _term("walls", _tangential, walls)]
     if divergence_weight > 0:
         u_terms.append(ResidualTerm("divergence", divergence, _fixed(p_points), divergence_weight))
-    reports["projection"] = _fit(velocity, u_terms, velocity_fit, generator, _rms(a))
+    reports["projection"] = fit_field(velocity, u_terms, velocity_fit, generator=generator, scale=_rms(a))
     return reports
 
 
-def _step_fused(problem, velocity, pressure, u_prev, dt, fits, generator, dtype, device, divergence_weight) -> dict[str, FitReport]:
-    points = problem.sample_fluid(problem.n_points, generator, True, dtype).to(device)
-    walls = problem.sample_walls(generator, True, dtype).to(device)
-    advected = _advected(problem, u_prev, dt)
+def _step_fused(problem, velocity, pressure, advected, points, walls, fits, generator,
+                divergence_weight) -> dict[str, FitReport]:
     return _project(problem, velocity, pressure, advected, lambda x: divergence(advected, x), points, walls, fits,
                     generator, divergence_weight)
 
 
-def _step_paper(problem, velocity, pressure, u_prev, dt, fits, generator, dtype, device, divergence_weight) -> dict[str, FitReport]:
-    points = problem.sample_fluid(problem.n_points, generator, True, dtype).to(device)
-    walls = problem.sample_walls(generator, True, dtype).to(device)
-    advected = _advected(problem, u_prev, dt)
+def _step_paper(problem, velocity, pressure, advected, points, walls, fits, generator,
+                divergence_weight) -> dict[str, FitReport]:
     with torch.no_grad():
         a = advected(points)
     terms = [_term("advection", _matches, torch.cat([points, a], 1)), _term("walls", _tangential, walls)]
-    reports = {"advection": _fit(velocity, terms, fits[0], generator, _rms(a))}
+    reports = {"advection": fit_field(velocity, terms, fits[0], generator=generator, scale=_rms(a))}
     u_star = functional_field(velocity, flat_params(velocity))
     reports.update(_project(problem, velocity, pressure, _no_grad(u_star), lambda x: divergence(u_star, x),
                             points, walls, fits, generator, divergence_weight))
