@@ -1,14 +1,16 @@
 """Benchmark: INSR 2D fluid, Taylor-Green vortex (Chen et al., ICML 2023), neuralnumerics vs. the paper's code.
 
     python benchmarks/insr_fluid.py [--quick] [--reference PATH] [--threads N] [--steps N] [--ref-steps M]
-        [--ref-timeout S] [--ref-max-iters K] [--n-points P] [--scheme fused|paper] [--no-grid]
-        [--grid-fine N] [--out-md PATH]
+        [--ref-timeout S] [--ref-max-iters K] [--n-points P] [--scheme fused|paper]
+        [--divergence-weights W [W ...]] [--no-grid] [--grid-fine N] [--out-md PATH]
 
 What it does, in one invocation (so the ratio is taken under the same machine load):
 
 1. pins the thread count (``--threads``, default 1) here and in the reference's subprocess;
-2. runs ours: ``evolve_fluid(taylor_green(n_points=...), dt=0.05, steps=--steps, scheme=--scheme, seed=0)``
-   with the paper's network (SIREN, 3 hidden layers of 32, for the velocity and for the pressure);
+2. runs ours: ``evolve_fluid(taylor_green(n_points=...), dt=0.05, steps=--steps, scheme=--scheme, seed=0,
+   divergence_weight=W)`` with the paper's network (SIREN, 3 hidden layers of 32, for the velocity and for
+   the pressure), once per weight ``W`` of ``--divergence-weights`` (default ``0 0.1``: the paper's
+   projection fit, and the one with a divergence penalty that trades time for a lower divergence);
 3. runs the reference (``--reference``, a local checkout of github.com/honglin-c/INSR-PDE) through
    ``benchmarks/_insr_fluid_reference.py``, which copies and patches it (the patches are printed) and
    drives its ``Fluid2DModel`` with the ``scripts/fluid2Dtlgn.sh`` configuration for ``--ref-steps`` steps;
@@ -126,8 +128,9 @@ def grid_floats(n: int) -> int:
 # --------------------------------------------------------------------------- #
 # ours
 # --------------------------------------------------------------------------- #
-def run_ours(args) -> tuple[Run, dict]:
-    """``evolve_fluid`` on the Taylor-Green problem; returns the run and facts about the networks."""
+def run_ours(args, weight: float) -> tuple[Run, dict]:
+    """``evolve_fluid`` on the Taylor-Green problem with ``divergence_weight=weight``; returns the run and
+    facts about the networks."""
     from neuralnumerics._status import StepDivergedError
     from neuralnumerics.pde.fluid import evolve_fluid, taylor_green
 
@@ -136,9 +139,10 @@ def run_ours(args) -> tuple[Run, dict]:
     pressure = problem.default_field(1, dtype=DTYPE)
     facts = {"problem": problem, "config": problem.config(), "velocity_params": n_params(velocity),
              "pressure_params": n_params(pressure), "itemsize": torch.empty((), dtype=DTYPE).element_size()}
-    run = Run(name=f"ours ({args.scheme})", requested=args.steps)
+    run = Run(name=f"ours ({args.scheme}, div weight {weight:g})", requested=args.steps)
     log(f"ours: Taylor-Green, SIREN 3x32 velocity ({facts['velocity_params']} weights) + pressure "
-        f"({facts['pressure_params']}), {args.n_points} points, scheme {args.scheme}, {args.steps} step(s)")
+        f"({facts['pressure_params']}), {args.n_points} points, scheme {args.scheme}, divergence weight {weight:g}, "
+        f"{args.steps} step(s)")
 
     def callback(rec, traj):
         stages = {name: {"seconds": s.get("seconds"), "iters": s.get("iters"), "note": f"status {s.get('status')}"}
@@ -147,18 +151,18 @@ def run_ours(args) -> tuple[Run, dict]:
                                    stages)
         detail = ", ".join(f"{k} {v['iters']} it {v['seconds']:.1f} s" for k, v in stages.items()
                            if v["seconds"] is not None)
-        log(f"  [ours] step {rec.step:3d}  t={rec.t:5.2f}  {rec.seconds:7.1f} s  error={fmt_error(rec.error)}  "
+        log(f"  [{run.name}] step {rec.step:3d}  t={rec.t:5.2f}  {rec.seconds:7.1f} s  error={fmt_error(rec.error)}  "
             f"div={rec.rms_divergence:.2e}  E/E0={rec.energy_ratio:.4f}  ({detail})")
 
     try:
         evolve_fluid(problem, dt=DT, steps=args.steps, scheme=args.scheme, seed=SEED, dtype=DTYPE,
-                     callback=callback, keep="last", eval_resolution=EVAL_RESOLUTION)
+                     callback=callback, keep="last", eval_resolution=EVAL_RESOLUTION, divergence_weight=weight)
     except StepDivergedError as exc:
         run.failure = f"diverged: {exc}"
     except Exception as exc:  # report, do not crash: the table still shows what happened
         run.failure = f"{type(exc).__name__}: {exc}"
     if run.failure:
-        log(f"  [ours] {run.failure}")
+        log(f"  [{run.name}] {run.failure}")
     return run, facts
 
 
@@ -267,31 +271,30 @@ def seconds_cell(s: Step | None) -> str | None:
     return fmt_seconds(s.seconds) if s.ok else f"✗ (error {fmt_error(s.error)})"
 
 
-def step_table(ours: Run, ref: Run | None) -> str:
-    top = max([ours.requested] + ([ref.requested] if ref else []))
-    headers = ["step", "t", "ours s", "ours error", "ours RMS div", "ours E/E0"]
-    if ref is not None:
-        headers += ["ref s", "ref error", "ref RMS div", "ref E/E0"]
+def step_table(runs: list[Run]) -> str:
+    """One row per step and run (runs in the given order within a step; a run that stopped earlier
+    leaves no row)."""
+    top = max(r.requested for r in runs)
+    headers = ["step", "t", "run", "seconds", "error", "RMS div", "E/E0"]
     rows = []
     for k in range(top + 1):
-        row = ["0 (initial fit)" if k == 0 else str(k), f"{k * DT:g}"]
-        for r in ([ours, ref] if ref is not None else [ours]):
+        for r in runs:
             s = r.steps.get(k)
-            row += [seconds_cell(s), fmt_error(s.error) if s else None,
-                    fmt_float(s.rms_divergence, ".3e") if s else None,
-                    fmt_float(s.energy_ratio, ".4f") if s else None]
-        rows.append(row)
-    return markdown_table(headers, rows)
+            if s is None:
+                continue
+            rows.append(["0 (initial fit)" if k == 0 else str(k), f"{k * DT:g}", r.name, seconds_cell(s),
+                         fmt_error(s.error), fmt_float(s.rms_divergence, ".3e"), fmt_float(s.energy_ratio, ".4f")])
+    return markdown_table(headers, rows, align=["l", "r", "l", "r", "r", "r", "r"])
 
 
-def stage_table(ours: Run, ref: Run | None) -> str:
-    """Per-stage iterations and seconds at the steps both ran (all of ours if there is no reference),
-    and each stage's mean over all of a run's time steps."""
+def stage_table(ours: list[Run], ref: Run | None) -> str:
+    """Per-stage iterations and seconds at the steps the reference ran (all of ours if there is no
+    reference), and each stage's mean over all of a run's time steps."""
     headers = ["run", "step", "stage", "iterations", "seconds", "s / iteration", "stopped by"]
     rows = []
-    runs = [ours] + ([ref] if ref is not None else [])
-    shown = sorted(set(ours.steps) & set(ref.steps)) if ref is not None else sorted(ours.steps)
+    runs = ours + ([ref] if ref is not None else [])
     for r in runs:
+        shown = sorted(set(r.steps) & set(ref.steps)) if ref is not None else sorted(r.steps)
         for k in shown:
             for name, st in r.steps[k].stages.items():
                 it, sec = st.get("iters"), st.get("seconds")
@@ -310,9 +313,9 @@ def stage_table(ours: Run, ref: Run | None) -> str:
     return markdown_table(headers, rows, align=["l", "l", "l", "r", "r", "r", "l"])
 
 
-def grid_table(ours: Run, ref: Run | None, grids: list[GridRun], facts: dict) -> tuple[str, list[int]]:
+def grid_table(ours: list[Run], ref: Run | None, grids: list[GridRun], facts: dict) -> tuple[str, list[int]]:
     """Error (and divergence, energy) of every solver at the final steps of the INSR runs."""
-    finals = sorted({r.last.step for r in [ours, ref] if r is not None and r.last is not None and r.last.step > 0})
+    finals = sorted({r.last.step for r in ours + [ref] if r is not None and r.last is not None and r.last.step > 0})
     insr_floats = facts["velocity_params"] + facts["pressure_params"]
     headers = ["solver", "state", "memory"] + [f"error at t={k * DT:g}" for k in finals]
     if finals:
@@ -329,7 +332,7 @@ def grid_table(ours: Run, ref: Run | None, grids: list[GridRun], facts: dict) ->
         cells.append(per_step)
         rows.append(cells)
 
-    for r, itemsize in ((ours, facts["itemsize"]), (ref, 4)):
+    for r, itemsize in [(o, facts["itemsize"]) for o in ours] + [(ref, 4)]:
         if r is None:
             continue
         secs = [s.seconds for k, s in r.steps.items() if k >= 1 and s.ok]
@@ -342,7 +345,29 @@ def grid_table(ours: Run, ref: Run | None, grids: list[GridRun], facts: dict) ->
     return markdown_table(headers, rows, align=["l", "r", "r"] + ["r"] * (len(headers) - 3)), finals
 
 
-def build_report(args, threads, ours: Run, facts: dict, ref: Run | None, ref_result, grids: list[GridRun]) -> str:
+def ratio_lines(ref: Run, ours: Run) -> list[str]:
+    """The reference / ours seconds per step over the steps both ran, and of the initial fit; the
+    reference / ours RMS divergence at the last of those steps."""
+    common = common_steps(ref, ours)
+    if not common:
+        return [f"- Reference / {ours.name}: no time step that both completed, so no ratio."]
+    rs = [ref.steps[k].seconds for k in common]
+    os_ = [ours.steps[k].seconds for k in common]
+    lines = [f"- Reference / {ours.name}, mean seconds per step over steps {span(common)} (both ran; initial "
+             f"fit excluded): {fmt_seconds(statistics.fmean(rs))} / {fmt_seconds(statistics.fmean(os_))}"
+             f" = **{fmt_ratio(statistics.fmean(rs) / statistics.fmean(os_))}**."]
+    k = common[-1]
+    rd, od = ref.steps[k].rms_divergence, ours.steps[k].rms_divergence
+    if rd is not None and od:
+        lines.append(f"  RMS divergence at step {k}: {rd:.3e} / {od:.3e} = {fmt_ratio(rd / od)}; error "
+                     f"{fmt_error(ref.steps[k].error)} / {fmt_error(ours.steps[k].error)}.")
+    if 0 in ref.steps and 0 in ours.steps and ref.steps[0].seconds and ours.steps[0].seconds:
+        r0, o0 = ref.steps[0].seconds, ours.steps[0].seconds
+        lines.append(f"  Initial fit (step 0): {fmt_seconds(r0)} / {fmt_seconds(o0)} = {fmt_ratio(r0 / o0)}.")
+    return lines
+
+
+def build_report(args, threads, ours: list[Run], facts: dict, ref: Run | None, ref_result, grids: list[GridRun]) -> str:
     cfg = facts["config"]
     insr_floats = facts["velocity_params"] + facts["pressure_params"]
     extra = ["Device: CPU for all solvers (the harness patches the reference to the CPU)"]
@@ -364,7 +389,9 @@ def build_report(args, threads, ours: Run, facts: dict, ref: Run | None, ref_res
             "v = -cos(π(x+1)) sin(π(y+1)) / π, a steady solution, so the exact velocity at every t is the "
             f"initial one. dt {DT}.",
             f"- Ours: `evolve_fluid(taylor_green(n_points={args.n_points}), dt={DT}, scheme=\"{args.scheme}\", "
-            f"seed={SEED})` in float64: SIREN velocity ({facts['velocity_params']} weights) and pressure "
+            f"seed={SEED}, divergence_weight=W)` in float64, once per W in "
+            f"{', '.join(f'{w:g}' for w in args.divergence_weights)} (W > 0 adds W · div u to the residuals of "
+            "the projection fit on the pressure's points): SIREN velocity ({facts['velocity_params']} weights) and pressure "
             f"({facts['pressure_params']} weights), 3 hidden layers of 32, {cfg['n_points']} fixed quasi-random "
             f"points per step ({cfg['wall_points']} per wall); pressure by Levenberg-Marquardt, velocity by "
             "L-BFGS (see `neuralnumerics.pde.fluid`). Seconds per step are the fits' wall time "
@@ -387,26 +414,16 @@ def build_report(args, threads, ours: Run, facts: dict, ref: Run | None, ref_res
         out.append("")
 
     out += ["## Seconds and diagnostics per step", "",
-            f"Ours: {ours.requested} step(s)" + (f" — stopped: {ours.failure}" if ours.failure else "")
+            f"Ours: {args.steps} step(s)"
+            + "".join(f" ({o.name} stopped: {o.failure})" for o in ours if o.failure)
             + ("; reference: " + f"{ref.requested} step(s)" + (f" — stopped: {ref.failure}" if ref.failure else "")
                if ref is not None else "; no reference run (pass `--reference PATH`)") + ".", "",
-            step_table(ours, ref)]
+            step_table(ours + ([ref] if ref is not None else []))]
 
     if ref is not None:
-        common = common_steps(ref, ours)
         lines = []
-        if common:
-            rs = [ref.steps[k].seconds for k in common]
-            os_ = [ours.steps[k].seconds for k in common]
-            lines.append(f"- Reference / ours, mean seconds per step over steps {span(common)} (both ran; initial "
-                         f"fit excluded): {fmt_seconds(statistics.fmean(rs))} / {fmt_seconds(statistics.fmean(os_))}"
-                         f" = **{fmt_ratio(statistics.fmean(rs) / statistics.fmean(os_))}**.")
-        else:
-            lines.append("- Reference / ours: no time step that both completed, so no ratio.")
-        if 0 in ref.steps and 0 in ours.steps and ref.steps[0].seconds and ours.steps[0].seconds:
-            r0, o0 = ref.steps[0].seconds, ours.steps[0].seconds
-            lines.append(f"- Initial fit (step 0), reference / ours: {fmt_seconds(r0)} / {fmt_seconds(o0)} = "
-                         f"{fmt_ratio(r0 / o0)}.")
+        for o in ours:
+            lines += ratio_lines(ref, o)
         if args.n_points != 128 ** 2:
             lines.append(f"- Ours used {args.n_points} points per step, the reference 16384 per iteration.")
         if ref_result is not None and ref_result.wall_seconds is not None:
@@ -457,6 +474,8 @@ def parse_args(argv=None):
     ap.add_argument("--n-points", type=int, default=None,
                     help="our points per fit (default 16384 = the reference's 128^2; --quick 4096)")
     ap.add_argument("--scheme", choices=("fused", "paper"), default="fused", help="our scheme (default fused)")
+    ap.add_argument("--divergence-weights", type=float, nargs="+", default=None, metavar="W",
+                    help="run ours once per divergence_weight (default 0 0.1; --quick 0)")
     ap.add_argument("--no-grid", action="store_true", help="skip the grid baseline")
     ap.add_argument("--grid-fine", type=int, default=128, help="cells per axis of the finer grid (default 128)")
     ap.add_argument("--out-md", metavar="PATH", default=None,
@@ -467,6 +486,10 @@ def parse_args(argv=None):
         args.steps = 2 if args.quick else 10
     if args.ref_steps is None:
         args.ref_steps = 1
+    if args.divergence_weights is None:
+        args.divergence_weights = [0.0] if args.quick else [0.0, 0.1]
+    if any(not (w >= 0 and w < float("inf")) for w in args.divergence_weights):
+        ap.error(f"--divergence-weights must be non-negative numbers, got {args.divergence_weights}")
     if args.n_points is None:
         args.n_points = 4096 if args.quick else 128 ** 2
     if args.ref_max_iters is None and args.quick:
@@ -491,9 +514,12 @@ def main(argv=None) -> int:
     log(f"threads: {threads['intra_op']} intra-op, {threads['interop']} inter-op (reference subprocess: "
         f"{args.threads}); torch {torch.__version__}")
 
-    t0 = time.perf_counter()
-    ours, facts = run_ours(args)
-    log(f"ours done in {time.perf_counter() - t0:.0f} s")
+    ours: list[Run] = []
+    for weight in args.divergence_weights:
+        t0 = time.perf_counter()
+        run, facts = run_ours(args, weight)
+        ours.append(run)
+        log(f"{run.name} done in {time.perf_counter() - t0:.0f} s")
     ref, ref_result = (None, None)
     if args.reference:
         ref, ref_result = run_reference(args)
@@ -501,7 +527,7 @@ def main(argv=None) -> int:
     if not args.no_grid:
         insr_floats = facts["velocity_params"] + facts["pressure_params"]
         n_eq = equal_memory_cells(insr_floats)
-        top = max([ours.last.step if ours.last else 0] + ([ref.last.step] if ref is not None and ref.last else []))
+        top = max([o.last.step for o in ours if o.last] + ([ref.last.step] if ref is not None and ref.last else []) + [0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             grids.append(run_grid(f"equal memory (n={n_eq})", n_eq, top, facts["problem"]))
@@ -512,7 +538,8 @@ def main(argv=None) -> int:
     print(report, flush=True)
     path = write_markdown(args.out_md, report)
     log(f"report written to {path}")
-    failed = bool(ours.failure) or any(not s.ok for s in ours.steps.values()) or len(ours.steps) < args.steps + 1
+    failed = any(bool(o.failure) or any(not s.ok for s in o.steps.values()) or len(o.steps) < args.steps + 1
+                 for o in ours)
     if failed:
         log("FAILED: our run did not complete every step with a finite error (see the table)")
     return 1 if failed else 0
