@@ -122,3 +122,27 @@ def test_insr_fluid_quick(tmp_path):
     assert "- Command: `python benchmarks/insr_fluid.py --quick" in out
     assert "| 0 (initial fit) |" in out
     assert "(n=47)" in out and out_md.exists()
+
+
+@pytest.mark.slow
+def test_mfac_quick(tmp_path):
+    """M-FAC benchmark in --quick mode; with the reference when NEURALNUMERICS_MFAC_REFERENCE names a checkout of
+    github.com/IST-DASLab/M-FAC."""
+    import importlib.util
+    import os
+
+    pytest.importorskip("sklearn", reason="benchmarks/mfac.py needs scikit-learn: pip install -e .[bench]")
+    reference = os.environ.get("NEURALNUMERICS_MFAC_REFERENCE")
+    extra = ["--reference", reference] if reference else []
+    proc, out_md = _run_quick("mfac.py", tmp_path, *extra)
+    out = _check_quick_report(proc, out_md, "M-FAC: neuralnumerics vs. the reference implementation", "mfac.py")
+    assert "This is a `--quick` run" in out
+    for needle in ("### d = 20,000: products", "### d = 20,000: optimiser steps", "## 2. Accuracy",
+                   "| Gaussian, d = 500 | 16 |", "## 3. Training", "| M-FAC (ours) |", "## 4. Pruning", "| 50% |",
+                   "| 90% |"):
+        assert needle in out, needle
+    assert "✗" not in out  # every product passed its residual check before being timed
+    if reference:
+        assert "Patches applied:" in out and "| 64 |" in out and "ours/ref" in out
+    if importlib.util.find_spec("matplotlib") is not None:
+        assert (tmp_path / "mfac_digits.png").stat().st_size > 0

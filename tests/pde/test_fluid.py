@@ -170,15 +170,16 @@ def test_short_taylor_green_run_stays_close_and_resumes(one_thread):
 
 def test_taylor_green_stays_close_over_twenty_steps(one_thread):
     # the vortex is steady: every step must give it back, up to the splitting's own drift (about 6e-4
-    # per step at this dt) and the small network's; measured 1.9e-2 error and 2.8e-3 divergence at step 20
+    # per step at this dt) and the small network's; measured 1.5e-2 error and 1.9e-3 divergence at step 20
     flow = F.taylor_green(n_points=2048, wall_points=32, hidden_features=16, hidden_layers=2)
     traj = F.evolve_fluid(flow, dt=0.05, steps=20, keep="last", eval_resolution=48,
                           fit=FitConfig("lbfgs", max_iters=150, rtol=1e-4, ftol=1e-2),
                           initial_fit=FitConfig("lbfgs", max_iters=600, rtol=1e-5, warmup_iters=200))
     recs = traj.records
     assert [r.step for r in recs] == list(range(21))
-    assert recs[-1].error < 0.025 and recs[-1].error - recs[1].error < 0.012  # without the pressure: 0.030, 0.016
-    assert recs[-1].rms_divergence < 0.01
+    # without the pressure (projection by the penalty alone): error 2.7e-2 and divergence 1.4e-2
+    assert recs[-1].error < 0.02 and recs[-1].error - recs[1].error < 0.012
+    assert recs[-1].rms_divergence < 0.006
     energy = [r.energy_ratio for r in recs]
     assert all(b <= a + 1e-4 for a, b in zip(energy, energy[1:])) and energy[-1] > 0.95
 
