@@ -99,7 +99,7 @@ _FLUID_OPTIONS = (
 
 def _fluid_options(**defaults) -> tuple[Option, ...]:
     """The fluid options with some defaults changed."""
-    return tuple(replace(o, default=defaults.pop(o.name)) if o.name in defaults else o for o in _FLUID_OPTIONS)
+    return tuple(replace(o, default=defaults[o.name]) if o.name in defaults else o for o in _FLUID_OPTIONS)
 
 
 # the velocity fits stop when 25 L-BFGS iterations gain less than 1% (ftol), at the latest after 300

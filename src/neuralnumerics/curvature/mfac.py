@@ -436,13 +436,17 @@ class SlidingMFAC(LinearOperator):
         Returns:
             ``(d,)``. Cost ``O(d m + m^3)``.
         """
-        slot = self._insert(g, "SlidingMFAC.update_mv")
+        return self._update_mv(g, "SlidingMFAC.update_mv")
+
+    def _update_mv(self, g: torch.Tensor, who: str, check_finite: bool = True) -> torch.Tensor:
+        # update_mv; the optimiser has checked g for non-finite entries already (to name the parameter)
+        slot = self._insert(g, who, check_finite)
         n = self.size
         T = self._current_factor()
         coef = (n * (T.mT @ T[:, slot])).to(self.dtype)
         return self._grads[:n].mT @ coef
 
-    def _insert(self, g, who: str) -> int:
+    def _insert(self, g, who: str, check_finite: bool = True) -> int:
         d = self.shape[0]
         if not isinstance(g, torch.Tensor) or g.shape != (d,):
             hint = " (flatten it with g.reshape(-1))" if isinstance(g, torch.Tensor) and g.numel() == d else ""
@@ -450,7 +454,8 @@ class SlidingMFAC(LinearOperator):
         if g.dtype != self.dtype or g.device != self.device:
             raise ValueError(f"{who}: g is {g.dtype} on {g.device} but the window holds {self.dtype} on "
                              f"{self.device}; pass g.to(dtype={self.dtype}, device='{self.device}')")
-        _check_finite(g, "the gradient", who)
+        if check_finite:
+            _check_finite(g, "the gradient", who)
         g = g.detach()
         slot = self._updates % self.m
         n = min(self._updates + 1, self.m)

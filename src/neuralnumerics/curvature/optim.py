@@ -154,7 +154,7 @@ class MFAC(torch.optim.Optimizer):
             raise ValueError(f"MFAC.step: the gradient has {int(bad.sum())} non-finite (NaN or inf) entries, the first "
                              f"in {where}; the window and the parameters are unchanged. Lower the learning rate, "
                              "clip gradients or check the loss for overflow")
-        direction = self.window.update_mv(g)
+        direction = self.window._update_mv(g, "MFAC.step", check_finite=False)
         offset = 0
         for group in self.param_groups:
             lr, mu = group["lr"], group["momentum"]
