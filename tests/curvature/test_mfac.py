@@ -164,6 +164,51 @@ def test_update_mv_is_the_inverse_fisher_of_the_new_window_times_the_new_gradien
         torch.testing.assert_close(u, expect, rtol=1e-10, atol=1e-12)
 
 
+def _s_matrix(win):
+    n = win.size
+    return win._gram[:n, :n] + n * win.damp * torch.eye(n, dtype=F64)
+
+
+def test_replacing_gradients_updates_the_small_inverse_by_woodbury_and_rebuilds_it_every_m():
+    # white-box: once the window is full, S^{-1} is updated in O(m^2) (not refactored) and must equal the
+    # inverse of S before any refinement touches it; after m replacements it is rebuilt
+    d, m = 80, 6
+    G = gradients(10 * m, d, seed=17, correlated=True)
+    damp = 1e-4 * float(G.square().mean())
+    win = SlidingMFAC(d, m, damp=damp, dtype=F64)
+    replacements = []
+    for t, g in enumerate(G):
+        if t < m:
+            win.update(g)
+            continue
+        u = win.update_mv(g)
+        assert win._inv is not None, "a full window keeps its inverse across replacements"
+        torch.testing.assert_close(win._inv, torch.linalg.inv(_s_matrix(win)), rtol=1e-7, atol=0)
+        assert rel_err(u, torch.linalg.solve(fisher(G[t + 1 - m:t + 1], damp), g)) < 1e-10
+        replacements.append(win._replacements)
+    assert replacements[:m + 2] == list(range(m + 1)) + [0]  # rebuilt at the solve after m replacements
+    x = vectors(d)
+    assert rel_err(win.mv(x), torch.linalg.solve(fisher(G[-m:], damp), x)) < 1e-10
+
+
+def test_a_drifted_inverse_is_repaired_by_refinement_or_rebuilt():
+    d, m, damp = 30, 5, 0.05
+    G = gradients(2 * m, d, seed=18)
+    win = SlidingMFAC(d, m, damp=damp, dtype=F64)
+    for g in G:
+        win.update(g)
+    x = vectors(d)
+    expect = torch.linalg.solve(fisher(G[-m:], damp), x)
+    exact = torch.linalg.inv(_s_matrix(win))
+    drift = 1e-7 * vectors(m, m, seed=3)
+    win._inv, win._replacements = exact * (1 + drift + drift.T), 3  # as if 3 Woodbury updates had drifted
+    torch.testing.assert_close(win.mv(x), expect, rtol=1e-11, atol=0)  # one refinement step removes it
+    assert win._replacements == 3
+    win._inv = exact * 1.5  # far off: the residual check rebuilds it
+    torch.testing.assert_close(win.mv(x), expect, rtol=1e-11, atol=0)
+    assert win._replacements == 0
+
+
 def test_reset_empties_the_window():
     win = SlidingMFAC(10, 3, damp=0.5, dtype=F64)
     for g in gradients(4, 10):
@@ -189,6 +234,16 @@ def test_sliding_state_dict_round_trip_continues_bit_for_bit():
     for g in G[9:]:
         assert torch.equal(a.update_mv(g), b.update_mv(g))
         assert torch.equal(a.mv(x), b.mv(x))
+    assert a.state_dict()["inverse"] is not None  # saved mid-sequence: the updated inverse travels with it
+    e = SlidingMFAC(d, m, damp=1e-3, dtype=torch.float32)
+    e.load_state_dict(copy.deepcopy(a.state_dict()))
+    for g in G[:5]:
+        assert torch.equal(a.update_mv(g), e.update_mv(g))
+    older = copy.deepcopy(a.state_dict())
+    del older["inverse"]  # a checkpoint from before the inverse was kept: rebuilt, equal to rounding
+    c = SlidingMFAC(d, m, damp=1e-3, dtype=torch.float32)
+    c.load_state_dict(older)
+    torch.testing.assert_close(c.mv(x), a.mv(x), rtol=1e-5, atol=0)
 
 
 # the operator ---------------------------------------------------------------------------------------------------
@@ -262,6 +317,12 @@ def test_float32_with_small_damping_matches_the_float64_dense_solve(correlated):
     assert rel_err(step, torch.linalg.solve(F, G[-1].to(F64))) < 1e-4
     assert rel_err(_sherman_morrison_float32(G, damp, G[-1]), torch.linalg.solve(F, G[-1].to(F64))) > 1e-3
     assert rel_err(win.mv(x), expect) < 2e-5
+    # the optimiser's default, float32 Gram entries: its step direction still beats the float32 recursion
+    fast = SlidingMFAC(d, m, damp=damp, dtype=torch.float32, gram_dtype=None)
+    for g in G[:-1]:
+        fast.update(g)
+    u_star = torch.linalg.solve(F, G[-1].to(F64))
+    assert rel_err(fast.update_mv(G[-1]), u_star) < rel_err(_sherman_morrison_float32(G, damp, G[-1]), u_star) / 2
 
 
 def test_a_float32_gram_matrix_is_less_accurate_but_correct_on_well_conditioned_gradients():
@@ -354,6 +415,11 @@ def test_sliding_rejects_bad_input_with_the_fix_and_keeps_its_window():
     with pytest.raises(ValueError, match=r"the gradient has 1 non-finite \(NaN or inf\) entries, the first at index 4"):
         win.update_mv(bad)
     assert win.num_updates == 1 and torch.equal(win.mv(x), before)
+    small = SlidingMFAC(3, 2, damp=0.1, dtype=torch.float32, gram_dtype=None)
+    with pytest.raises(ValueError, match=r"the gradient is finite but its inner products overflow torch.float32 "
+                                         r"\(\|g\|\^2 = inf\); the window is unchanged"):
+        small.update(torch.tensor([1e20, 0.0, 1.0]))
+    assert small.num_updates == 0
     with pytest.raises(ValueError, match=r"x must be a tensor of shape \(6,\)"):
         win.mv(vectors(5))
     other = SlidingMFAC(6, 4, dtype=F64)

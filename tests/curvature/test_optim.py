@@ -221,3 +221,10 @@ def test_loading_a_foreign_or_mismatched_state_dict_is_refused():
         opt.load_state_dict(torch.optim.SGD(params, lr=0.1).state_dict())
     with pytest.raises(ValueError, match="the saved window holds m=3 gradients but this optimiser has m=2"):
         opt.load_state_dict(MFAC(params, m=3).state_dict())
+
+
+def test_the_window_accumulates_gram_entries_in_the_parameters_dtype_unless_asked():
+    net = model(9, dtype=torch.float32)
+    assert MFAC(net.parameters(), m=3).window.gram_dtype == torch.float32  # the optimiser's default: speed
+    assert MFAC(net.parameters(), m=3, gram_dtype=F64).window.gram_dtype == F64
+    assert SlidingMFAC(4, 2, dtype=torch.float32).gram_dtype == F64  # the operator's default: accuracy

@@ -20,12 +20,12 @@ lambda)``), so a product costs ``O(d n)``, the diagonal ``O(d n)`` and one entry
 
 :class:`StaticMFAC` precomputes ``W`` for a fixed set of gradients (the paper's static algorithm, for
 pruning). :class:`SlidingMFAC` keeps a sliding window of the last ``m`` gradients and their Gram matrix
-``G G^T``: replacing the oldest gradient costs one ``O(d m)`` Gram row and an ``O(m^3)`` refactorisation
-of the small matrix, and a product costs ``O(d m + m^2)`` (the paper's dynamic algorithm, for
-optimisation).
+``G G^T``: replacing the oldest gradient costs one ``O(d m)`` Gram row and an ``O(m^2)`` Woodbury update
+of the inverse of the small matrix, and a product costs ``O(d m + m^2)`` (the paper's dynamic algorithm,
+for optimisation).
 
 Precision. The ``n x n`` algebra is done in float64 whatever the gradients' dtype, and by default the
-Gram entries ``g_i . g_j`` are accumulated in float64 as well (``gram_dtype``): with small dampening and
+operators accumulate the Gram entries ``g_i . g_j`` in float64 as well (``gram_dtype``): with small dampening and
 correlated gradients (consecutive training gradients are), the small eigenvalues of ``G G^T`` decide the
 answer, and float32 inner products lose them. Products with ``d``-vectors stay in the gradients' dtype.
 For a vector ``x`` lying mostly in the span of the gradients, ``x - G^T S^{-1} G x`` cancels: in float32
@@ -79,7 +79,7 @@ def _check_gram_dtype(gram_dtype, dtype: torch.dtype, who: str) -> torch.dtype:
     if gram_dtype is None:
         return dtype
     if not isinstance(gram_dtype, torch.dtype) or not gram_dtype.is_floating_point:
-        raise ValueError(f"{who}: gram_dtype must be a real floating torch.dtype (torch.float64, the default) or None "
+        raise ValueError(f"{who}: gram_dtype must be a real floating torch.dtype (e.g. torch.float64) or None "
                          f"for the gradients' dtype, got {gram_dtype!r}")
     return gram_dtype
 
@@ -151,6 +151,22 @@ def _gram_rows(rows: torch.Tensor, g: torch.Tensor, gram_dtype: torch.dtype) -> 
     for s in range(0, d, step):
         acc += rows[:, s:s + step].to(gram_dtype) @ g[s:s + step].to(gram_dtype)
     return acc.to(torch.float64)
+
+
+def _inverse(gram: torch.Tensor, shift: float) -> tuple[torch.Tensor, bool]:
+    """``((gram + shift I)^{-1}, exact)`` in float64 for a symmetric ``(n, n)`` ``gram``, ``O(n^3)``.
+
+    From the Cholesky factor (``exact`` True); where rounding made ``gram + shift I`` indefinite, from
+    ``gram``'s eigendecomposition with its eigenvalues clipped at zero (``exact`` False: the inverse of a
+    nearby positive definite matrix, not of ``gram + shift I``).
+    """
+    n = gram.shape[-1]
+    eye = torch.eye(n, dtype=torch.float64, device=gram.device)
+    chol, info = torch.linalg.cholesky_ex(gram + shift * eye)
+    if int(info) == 0:
+        return torch.cholesky_inverse(chol), True
+    evals, evecs = torch.linalg.eigh(gram)
+    return (evecs / (evals.clamp_min(0) + shift)) @ evecs.mT, False
 
 
 # -- static ----------------------------------------------------------------------------------------------------
@@ -339,10 +355,15 @@ class SlidingMFAC(LinearOperator):
     called: it changes with every :meth:`update`.
 
     The window is a ring buffer of gradients (``(m, d)``, ``dtype``) with their Gram matrix ``G G^T``
-    (``(m, m)``, float64, entries accumulated in ``gram_dtype``). :meth:`update` overwrites the oldest
-    gradient and one row and column of the Gram matrix, ``O(d m)``; the first product after it
-    refactors the small matrix ``S = n damp I + G G^T`` in float64, ``O(m^3)``; each product then costs
-    ``O(d m + m^2)``. Any ``m`` works, on any device, in plain PyTorch.
+    (``(m, m)``, float64, entries accumulated in ``gram_dtype``) and the inverse of the small matrix
+    ``S = n damp I + G G^T`` (float64). :meth:`update` computes the new gradient's Gram row, ``O(d m)``,
+    and, once the window is full, updates ``S^{-1}`` for the replaced row and column by the Woodbury
+    identity (a rank-2 change), ``O(m^2)``; ``S^{-1}`` is rebuilt from a Cholesky factorisation,
+    ``O(m^3)``, while the window fills (``n`` and the shift ``n damp`` change with every gradient) and
+    after every ``m`` replacements, so that rounding does not accumulate. Every solve with ``S`` takes one
+    step of iterative refinement against ``S`` itself (``O(m^2)``), which removes what error the updated
+    inverse has gathered. A product then costs ``O(d m + m^2)``. Any ``m`` works, on any device, in plain
+    PyTorch.
 
     Args:
         dim: ``d``, the length of a gradient.
@@ -350,9 +371,12 @@ class SlidingMFAC(LinearOperator):
         damp: the dampening ``lambda > 0`` (absolute, in the units of ``g g^T``).
         dtype, device: of the gradients and of the vectors the operator acts on (default: torch's default
             dtype, CPU).
-        gram_dtype: dtype in which Gram entries ``g_i . g_j`` are accumulated (float64 by default; None for
-            ``dtype``: in float32 on the CPU an update and its product cost 2-3x less, and are less accurate
-            with small ``damp`` and correlated gradients).
+        gram_dtype: dtype in which Gram entries ``g_i . g_j`` are accumulated: float64 (the default) or None
+            for ``dtype``. With float32 gradients, float32 entries make an update 2-4x cheaper on the CPU (the
+            ``O(d m)`` Gram row dominates) and, with small ``damp`` and strongly correlated gradients,
+            :meth:`mv` up to ~100x less accurate (measured in ``docs/benchmarks/mfac.md``); :meth:`update_mv`
+            loses less. The :class:`~neuralnumerics.curvature.MFAC` optimiser, which only calls
+            :meth:`update_mv`, defaults to None.
 
     Attributes:
         m, damp, gram_dtype: as given.
@@ -362,8 +386,9 @@ class SlidingMFAC(LinearOperator):
         ValueError: ``dim < 1``, ``m < 1``, ``damp <= 0``, a dtype that is not real floating.
 
     Complexity:
-        memory ``O(d m + m^2)``; :meth:`update` ``O(d m)`` (+ ``O(m^3)`` at the next product);
-        :meth:`mv` ``O(d m k + m^2 k)`` for ``k`` vectors; :meth:`update_mv` ``O(d m + m^3)``.
+        memory ``O(d m + m^2)``; :meth:`update` ``O(d m + m^2)`` once the window is full (``O(d m + m^3)``
+        while it fills and once every ``m`` updates); :meth:`mv` ``O(d m k + m^2 k)`` for ``k`` vectors;
+        :meth:`update_mv` as :meth:`update` plus ``O(d m)``.
 
     References:
         Frantar, Kurtic, Alistarh. "M-FAC: Efficient Matrix-Free Approximations of Second-Order
@@ -387,7 +412,7 @@ class SlidingMFAC(LinearOperator):
         self._grads = torch.zeros((m, dim), dtype=dtype, device=self.device)
         self._gram = torch.zeros((m, m), dtype=torch.float64, device=self.device)
         self._updates = 0
-        self._factor: torch.Tensor | None = None  # T with T^T T = S^{-1} for the current window
+        self._drop_inverse()
 
     # -- the window ----------------------------------------------------------------------------------------------
     @property
@@ -410,10 +435,10 @@ class SlidingMFAC(LinearOperator):
         self._grads.zero_()
         self._gram.zero_()
         self._updates = 0
-        self._factor = None
+        self._drop_inverse()
 
     def update(self, g: torch.Tensor) -> None:
-        """Add gradient ``g``, replacing the oldest one once ``m`` are held. ``O(d m)``.
+        """Add gradient ``g``, replacing the oldest one once ``m`` are held. ``O(d m + m^2)``.
 
         Args:
             g: ``(d,)``, the window's dtype and device.
@@ -434,19 +459,20 @@ class SlidingMFAC(LinearOperator):
             g: ``(d,)``, the window's dtype and device.
 
         Returns:
-            ``(d,)``. Cost ``O(d m + m^3)``.
+            ``(d,)``. Cost ``O(d m + m^2)`` (``O(d m + m^3)`` while the window fills).
         """
         return self._update_mv(g, "SlidingMFAC.update_mv")
 
-    def _update_mv(self, g: torch.Tensor, who: str, check_finite: bool = True) -> torch.Tensor:
-        # update_mv; the optimiser has checked g for non-finite entries already (to name the parameter)
-        slot = self._insert(g, who, check_finite)
+    def _update_mv(self, g: torch.Tensor, who: str, on_nonfinite=None) -> torch.Tensor:
+        # update_mv; the optimiser passes on_nonfinite to name the parameter with the bad entries
+        slot = self._insert(g, who, on_nonfinite)
         n = self.size
-        T = self._current_factor()
-        coef = (n * (T.mT @ T[:, slot])).to(self.dtype)
+        e = torch.zeros(n, dtype=torch.float64, device=self.device)
+        e[slot] = 1.0
+        coef = (n * self._solve(e)).to(self.dtype)
         return self._grads[:n].mT @ coef
 
-    def _insert(self, g, who: str, check_finite: bool = True) -> int:
+    def _insert(self, g, who: str, on_nonfinite=None) -> int:
         d = self.shape[0]
         if not isinstance(g, torch.Tensor) or g.shape != (d,):
             hint = " (flatten it with g.reshape(-1))" if isinstance(g, torch.Tensor) and g.numel() == d else ""
@@ -454,24 +480,77 @@ class SlidingMFAC(LinearOperator):
         if g.dtype != self.dtype or g.device != self.device:
             raise ValueError(f"{who}: g is {g.dtype} on {g.device} but the window holds {self.dtype} on "
                              f"{self.device}; pass g.to(dtype={self.dtype}, device='{self.device}')")
-        if check_finite:
-            _check_finite(g, "the gradient", who)
         g = g.detach()
         slot = self._updates % self.m
         n = min(self._updates + 1, self.m)
+        # the new Gram row, before anything changes (row `slot` still holds the outgoing gradient or zeros);
+        # g . g is finite exactly when g is (short of overflow), so it doubles as the check for NaN and inf
+        row = _gram_rows(self._grads[:n], g, self.gram_dtype)
+        row[slot] = _gram_rows(g[None], g, self.gram_dtype)[0]
+        if not bool(torch.isfinite(row).all()):
+            if on_nonfinite is not None:
+                on_nonfinite(g)
+            _check_finite(g, "the gradient", who)
+            raise ValueError(f"{who}: the gradient is finite but its inner products overflow {self.gram_dtype} "
+                             f"(|g|^2 = {float(row[slot]):g}); the window is unchanged. Scale the loss down or "
+                             "use gram_dtype=torch.float64")
+        outgoing = self._gram[:n, slot].clone() if self._updates >= self.m else None
         self._grads[slot] = g
-        row = _gram_rows(self._grads[:n], self._grads[slot], self.gram_dtype)
         self._gram[slot, :n] = row
         self._gram[:n, slot] = row
         self._updates += 1
-        self._factor = None
+        if outgoing is not None and self._inv is not None and self._replacements < self.m:
+            self._replace_in_inverse(slot, row - outgoing)
+        else:
+            self._drop_inverse()
         return slot
 
-    def _current_factor(self) -> torch.Tensor:
-        if self._factor is None:
-            n = self.size
-            self._factor = _inverse_factor(self._gram[:n, :n], n * self.damp)
-        return self._factor
+    # -- the small (n x n) system S z = b ------------------------------------------------------------------------
+    def _drop_inverse(self) -> None:
+        self._inv: torch.Tensor | None = None  # S^{-1} (n x n, float64), or None: rebuilt at the next solve
+        self._exact = True  # _inv inverts S itself (False: S had clipped eigenvalues, see _inverse)
+        self._replacements = 0  # Woodbury updates of _inv since it was rebuilt
+
+    def _rebuild_inverse(self) -> None:
+        n = self.size
+        self._inv, self._exact = _inverse(self._gram[:n, :n], n * self.damp)
+        self._replacements = 0
+
+    def _replace_in_inverse(self, s: int, change: torch.Tensor) -> None:
+        """``S^{-1}`` after row and column ``s`` of ``S`` changed by ``change`` (``(n,)``), ``O(n^2)``.
+
+        The change is ``e_s a^T + a e_s^T`` with ``a = change`` but ``a_s = change_s / 2``, i.e. ``U C U^T``
+        with ``U = [e_s, a]`` and ``C = [[0, 1], [1, 0]] = C^{-1}``; Woodbury:
+        ``S'^{-1} = S^{-1} - X K^{-1} X^T`` with ``X = S^{-1} U`` and ``K = C + U^T S^{-1} U`` (2 x 2).
+        """
+        A = self._inv
+        a = change.clone()
+        a[s] *= 0.5
+        X = torch.stack([A[:, s], A @ a], dim=1)  # (n, 2)
+        k11, k12, k22 = X[s, 0], 1.0 + X[s, 1], a @ X[:, 1]
+        det = k11 * k22 - k12 * k12
+        scale = k11.abs() * k22.abs() + k12 * k12
+        if not bool(torch.isfinite(det)) or not bool(det.abs() > 1e-12 * scale):
+            self._drop_inverse()  # the 2 x 2 system is too ill-conditioned to trust: rebuild at the next solve
+            return
+        Kinv = torch.stack([torch.stack([k22, -k12]), torch.stack([-k12, k11])]) / det
+        A.addmm_(X @ Kinv, X.mT, alpha=-1.0)
+        self._replacements += 1
+
+    def _solve(self, b: torch.Tensor) -> torch.Tensor:
+        """``S^{-1} b`` (float64, ``b`` ``(n,)`` or ``(n, k)``): the stored inverse and one refinement step."""
+        n = self.size
+        if self._inv is None:
+            self._rebuild_inverse()
+        z = self._inv @ b
+        if not self._exact:
+            return z
+        shift = n * self.damp
+        residual = b - (self._gram[:n, :n] @ z + shift * z)
+        if self._replacements and bool(residual.norm() > 1e-6 * b.norm()):
+            self._rebuild_inverse()  # the updated inverse drifted (or broke down): start afresh
+            return self._solve(b)
+        return z + self._inv @ residual
 
     # -- the operator ----------------------------------------------------------------------------------------
     def mv(self, x: torch.Tensor) -> torch.Tensor:
@@ -481,31 +560,35 @@ class SlidingMFAC(LinearOperator):
             x: ``(d,)`` or ``(d, k)``, the window's dtype and device.
 
         Returns:
-            Shaped like ``x``. Cost ``O(d m k + m^2 k)`` (plus ``O(m^3)`` once after an update).
+            Shaped like ``x``. Cost ``O(d m k + m^2 k)`` (plus ``O(m^3)`` once after an update that rebuilt
+            ``S^{-1}``).
         """
         x = _check_vector(self, x, "SlidingMFAC.mv")
         n = self.size
         if n == 0:
             return x / self.damp
         G = self._grads[:n]
-        T = self._current_factor()
-        z = T.mT @ (T @ (G @ x).to(torch.float64))
+        z = self._solve((G @ x).to(torch.float64))
         return torch.sub(x, G.mT @ z.to(self.dtype)).mul_(1.0 / self.damp)
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """The window: ``{"grads": (m, d), "gram": (m, m) float64, "num_updates": int}``.
+        """The window: ``{"grads": (m, d), "gram": (m, m) float64, "num_updates": int, "inverse": ...}``.
 
-        As with torch's ``state_dict``, the tensors are the live buffers: save it (``torch.save``) or
-        ``copy.deepcopy`` it before further updates. ``damp`` is not part of it (the window does not
-        depend on it).
+        ``"inverse"`` is the maintained ``S^{-1}`` (``{"matrix", "exact", "replacements"}``, or None when it
+        is due to be rebuilt). As with torch's ``state_dict``, the tensors are the live buffers: save it
+        (``torch.save``) or ``copy.deepcopy`` it before further updates. ``damp`` is not part of it (the
+        window does not depend on it).
         """
-        return {"grads": self._grads, "gram": self._gram, "num_updates": self._updates}
+        inverse = None if self._inv is None else {"matrix": self._inv, "exact": self._exact,
+                                                  "replacements": self._replacements}
+        return {"grads": self._grads, "gram": self._gram, "num_updates": self._updates, "inverse": inverse}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a window saved by :meth:`state_dict` (copied: the argument is not aliased).
 
-        Products after loading are bit-for-bit those the saved window would have given.
+        Products after loading are bit-for-bit those the saved window would have given (a state without
+        ``"inverse"`` rebuilds ``S^{-1}`` at the first product, equal to rounding).
 
         Raises:
             ValueError: missing entries, or a window of another ``m`` or ``dim``.
@@ -524,7 +607,18 @@ class SlidingMFAC(LinearOperator):
                              f"m={self.m}, dim={self.shape[0]}. Construct SlidingMFAC with the same dim and m")
         if isinstance(updates, bool) or not isinstance(updates, numbers.Integral) or updates < 0:
             raise ValueError(f"{who}: 'num_updates' must be a non-negative integer, got {updates!r}")
+        inverse = state.get("inverse")
+        n = min(int(updates), m)
+        if inverse is not None:
+            mat = inverse.get("matrix") if isinstance(inverse, dict) else None
+            if not isinstance(mat, torch.Tensor) or tuple(mat.shape) != (n, n):
+                raise ValueError(f"{who}: 'inverse' must be None or a dict whose 'matrix' is a ({n}, {n}) tensor for a "
+                                 f"window of {n} gradients, got {_describe(mat)}")
         self._grads.copy_(grads)
         self._gram.copy_(gram)
         self._updates = int(updates)
-        self._factor = None
+        self._drop_inverse()
+        if inverse is not None:
+            self._inv = inverse["matrix"].to(dtype=torch.float64, device=self.device, copy=True)
+            self._exact = bool(inverse.get("exact", True))
+            self._replacements = int(inverse.get("replacements", 0))

@@ -41,7 +41,11 @@ class MFAC(torch.optim.Optimizer):
         damp: the dampening ``lambda > 0`` of ``F = lambda I + G^T G / m`` (the paper uses 1e-5).
         momentum: ``mu`` in ``[0, 1)``.
         weight_decay: ``>= 0``, L2 penalty added to the gradient before it enters the window.
-        gram_dtype: passed to :class:`~neuralnumerics.curvature.SlidingMFAC` (float64 by default).
+        gram_dtype: passed to :class:`~neuralnumerics.curvature.SlidingMFAC`. None by default (unlike the
+            window's own default): the Gram entries in the parameters' dtype, as the reference does. The
+            step direction (``update_mv``) does not cancel, so float32 entries keep it accurate (measured:
+            relative error at most 3e-3 where the reference's reaches 1.3); ``torch.float64`` costs 2-4x
+            per step on the CPU.
 
     Raises:
         ValueError: bad hyperparameters, no parameters, parameters of mixed dtype or device, sparse or
@@ -49,7 +53,8 @@ class MFAC(torch.optim.Optimizer):
             and parameters are then unchanged).
 
     Complexity:
-        per step ``O(d m + m^3)`` time; memory ``O(d m + m^2)``.
+        per step ``O(d m + m^2)`` time once the window is full (``O(d m + m^3)`` while it fills and once
+        every ``m`` steps); memory ``O(d m + m^2)``.
 
     References:
         Frantar, Kurtic, Alistarh. "M-FAC: Efficient Matrix-Free Approximations of Second-Order
@@ -57,7 +62,7 @@ class MFAC(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, m: int = 32, damp: float = 1e-5, momentum: float = 0.0,
-                 weight_decay: float = 0.0, *, gram_dtype: torch.dtype | None = torch.float64) -> None:
+                 weight_decay: float = 0.0, *, gram_dtype: torch.dtype | None = None) -> None:
         self.m = _check_count(m, "m", "MFAC", "it is the number of past gradients in the Fisher estimate "
                               "(the paper uses 1024)")
         self.damp = _check_damp(damp, "MFAC")
@@ -130,6 +135,16 @@ class MFAC(torch.optim.Optimizer):
                 offset += p.numel()
         return "?"  # pragma: no cover
 
+    def _reject_nonfinite(self, g: torch.Tensor) -> None:
+        """Raise, naming the parameter, if ``g`` has NaN or inf entries (the window calls this when the new
+        gradient's inner products are not finite, before it changes anything)."""
+        bad = ~torch.isfinite(g)
+        if bool(bad.any()):
+            where = self._where(int(bad.nonzero()[0]))
+            raise ValueError(f"MFAC.step: the gradient has {int(bad.sum())} non-finite (NaN or inf) entries, the first "
+                             f"in {where}; the window and the parameters are unchanged. Lower the learning rate, "
+                             "clip gradients or check the loss for overflow")
+
     @torch.no_grad()
     def step(self, closure=None):
         """One M-FAC step.
@@ -148,13 +163,7 @@ class MFAC(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         g = self._flat_gradient()
-        bad = ~torch.isfinite(g)
-        if bool(bad.any()):
-            where = self._where(int(bad.nonzero()[0]))
-            raise ValueError(f"MFAC.step: the gradient has {int(bad.sum())} non-finite (NaN or inf) entries, the first "
-                             f"in {where}; the window and the parameters are unchanged. Lower the learning rate, "
-                             "clip gradients or check the loss for overflow")
-        direction = self.window._update_mv(g, "MFAC.step", check_finite=False)
+        direction = self.window._update_mv(g, "MFAC.step", on_nonfinite=self._reject_nonfinite)
         offset = 0
         for group in self.param_groups:
             lr, mu = group["lr"], group["momentum"]
