@@ -30,13 +30,14 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
     run.add_argument("--dtype", choices=["float32", "float64"], default="float64",
                      help="of the fields (default float64: the per-step fits converge in fewer iterations)")
-    run.add_argument("--method", default="insr", help="insr, or a classical baseline such as grid")
+    run.add_argument("--method", help="insr, or a classical baseline such as grid (default: the scenario's first)")
     run.add_argument("--integrator", help="time integrator (default: the scenario's)")
     run.add_argument("--optimizer", help="per-step optimizer: lm, lbfgs or adam (default: the scenario's)")
     run.add_argument("--max-fit-iters", type=int, help="iteration cap of each per-step fit")
     run.add_argument("--rtol", type=float, help="relative residual tolerance of each fit (default 1e-5)")
     run.add_argument("--frame-every", type=int, help="write a frame every N steps (default: about 60 frames)")
-    run.add_argument("--checkpoint-every", type=int, default=1, help="checkpoint every N steps (default 1)")
+    run.add_argument("--checkpoint-every", type=int,
+                     help="checkpoint every N steps (default: the scenario's; 1 for simulations)")
     run.add_argument("--threads", type=int, help="CPU threads for torch")
     run.add_argument("--out", help="run directory (default runs/SCENARIO)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")

@@ -35,8 +35,9 @@ class Scenario:
         defaults: default run settings (``dt``, ``steps``, ``integrator``, ``optimizer``, ``max_fit_iters``,
             ``rtol``, ``ftol``).
         methods: ``"insr"`` and the classical baselines that can run it.
-        kind: ``"pde"`` (a :class:`~neuralnumerics.pde.Problem` marched by a time integrator) or ``"fluid"``
-            (an :class:`~neuralnumerics.pde.fluid.IncompressibleFlow2D` advanced by operator splitting).
+        kind: ``"pde"`` (a :class:`~neuralnumerics.pde.Problem` marched by a time integrator), ``"fluid"``
+            (an :class:`~neuralnumerics.pde.fluid.IncompressibleFlow2D` advanced by operator splitting) or
+            ``"ot-flow"`` (sliced Wasserstein gradient flows of point clouds, :mod:`neuralnumerics.ot`).
     """
 
     name: str
@@ -150,6 +151,48 @@ SCENARIOS: dict[str, Scenario] = {
         defaults=_FLUID_DEFAULTS, methods=("insr", "grid"), kind="fluid",
     ),
 }
+
+
+def _flow_spec(o: dict[str, Any]) -> dict[str, Any]:
+    """The gradient-flow scenario's check of its options (the clouds are drawn by the runner, from the seed)."""
+    from .gallery.clouds import CLOUD_SHAPES
+    from .ot.flow import ESTIMATORS
+
+    for key in ("source", "target"):
+        if o[key] not in CLOUD_SHAPES:
+            raise ValueError(f"option {key!r}: unknown shape {o[key]!r}; choose one of {', '.join(CLOUD_SHAPES)}")
+    names = tuple(ESTIMATORS) if o["estimators"] == "all" else tuple(e.strip() for e in o["estimators"].split(","))
+    unknown = [e for e in names if e not in ESTIMATORS]
+    if unknown or not names:
+        raise ValueError(f"option 'estimators': unknown {unknown}; give 'all' or a comma-separated list of "
+                         f"{', '.join(ESTIMATORS)}")
+    for key in ("n_points", "n_projections", "eval_every"):
+        if o[key] < 1:
+            raise ValueError(f"option {key!r} must be at least 1, got {o[key]}")
+    if o["p"] < 1:
+        raise ValueError(f"option 'p' must be >= 1, got {o['p']}")
+    return {"estimators": names}
+
+
+SCENARIOS["sw-flow"] = Scenario(
+    name="sw-flow",
+    description="sliced Wasserstein gradient flows of a point cloud to a target, plain and with control variates "
+                "(Nguyen & Ho, ICLR 2024, Sec. 4.1)",
+    build=_flow_spec,
+    options=(
+        Option("source", str, "sphere", "shape of the starting cloud (sphere, torus, cube, trefoil, helix)"),
+        Option("target", str, "trefoil", "shape of the target cloud"),
+        Option("n_points", int, 1000, "points per cloud"),
+        Option("separation", float, 6.0, "distance between the two clouds' centres"),
+        Option("n_projections", int, 10, "directions per step (the paper's L = 10)"),
+        Option("p", float, 2.0, "order of the sliced Wasserstein distance"),
+        Option("directions", str, "uniform", "how directions are drawn", ("uniform", "orthogonal", "qmc")),
+        Option("estimators", str, "all", "'all' or a comma-separated list of sw, lcv-sw, ucv-sw"),
+        Option("eval_every", int, 100, "steps between exact W2 evaluations"),
+    ),
+    defaults={"dt": 0.01, "steps": 3000, "checkpoint_every": 100},
+    methods=("sliced-flow",), kind="ot-flow",
+)
 
 
 def get_scenario(name: str) -> Scenario:

@@ -60,6 +60,32 @@ def plot_error_curve(path: str | Path, curves: dict[str, tuple[Sequence[float], 
     return Path(path)
 
 
+def plot_clouds_3d(path: str | Path, clouds: dict[str, np.ndarray], target: np.ndarray, *, limits=None,
+                   title: str = "") -> Path:
+    """Save one 3D scatter panel per cloud (``label -> (n, 3)``), each over the ``target`` cloud in grey."""
+    plt = _pyplot()
+    k = len(clouds)
+    fig = plt.figure(figsize=(3.6 * k, 3.8), dpi=100)
+    for i, (label, pts) in enumerate(clouds.items()):
+        ax = fig.add_subplot(1, k, i + 1, projection="3d")
+        ax.scatter(*target.T, s=1, c="0.7", depthshade=False)
+        ax.scatter(*pts.T, s=1, c="C0", depthshade=False)
+        if limits is not None:
+            lo, hi = limits
+            ax.set_xlim(lo[0], hi[0])
+            ax.set_ylim(lo[1], hi[1])
+            ax.set_zlim(lo[2], hi[2])
+        ax.set_title(label, fontsize=9)
+        ax.set_xticklabels([])
+        ax.set_yticklabels([])
+        ax.set_zticklabels([])
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_grid_field(path: str | Path, values: np.ndarray, *, mask: np.ndarray | None = None, title: str = "",
                     label: str = "") -> Path:
     """Save a 2D array as an image with a colour bar (axis 0 horizontal, axis 1 up); ``mask`` cells are grey."""

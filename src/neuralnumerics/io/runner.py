@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from .._status import StepDivergedError
+from .._status import Status, StepDivergedError
 from ..fields import param_count
 from ..pde.evolve import StepRecord, Trajectory, evolve
 from ..pde.fit import FitConfig
@@ -49,11 +49,15 @@ def _pick_device(device: str | None) -> torch.device:
 
 
 def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None = None, seed: int = 0,
-                   device: str | None = None, dtype: str = "float64", method: str = "insr",
+                   device: str | None = None, dtype: str = "float64", method: str | None = None,
                    integrator: str | None = None, optimizer: str | None = None, max_fit_iters: int | None = None,
-                   rtol: float | None = None, frame_every: int | None = None, checkpoint_every: int = 1,
+                   rtol: float | None = None, frame_every: int | None = None, checkpoint_every: int | None = None,
                    options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The complete, checked configuration of a run (what ``config.json`` holds).
+
+    ``method`` defaults to the scenario's first, ``checkpoint_every`` to the scenario's default (1 step for
+    simulations). For a gradient flow (scenario kind ``"ot-flow"``) ``dt`` is the Euler step of the flow and
+    there is no per-step fit (``fit`` is None; ``optimizer``, ``max_fit_iters`` and ``rtol`` are refused).
 
     Raises:
         ValueError: naming the bad value: unknown scenario, option, method, integrator or optimizer, or a
@@ -67,31 +71,42 @@ def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None 
         raise ValueError(f"--steps must be a non-negative integer, got {steps!r}")
     if not (isinstance(dt, (int, float)) and math.isfinite(dt) and dt > 0):
         raise ValueError(f"--dt must be a positive number, got {dt!r}")
+    method = sc.methods[0] if method is None else method
     if method not in sc.methods:
         raise ValueError(f"scenario {scenario!r} has no method {method!r}; choose one of {list(sc.methods)}")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
-    if sc.kind == "fluid":
+    fixed = {"fluid": ("operator-splitting", "advances by operator splitting (advect, pressure, project)"),
+             "ot-flow": ("explicit-euler", "moves its point clouds by explicit Euler steps of the gradient flow")}
+    if sc.kind in fixed:
         if integrator is not None:
-            raise ValueError(f"scenario {scenario!r} advances by operator splitting (advect, pressure, project); "
-                             "--integrator does not apply to it")
-        integrator = "operator-splitting"
+            raise ValueError(f"scenario {scenario!r} {fixed[sc.kind][1]}; --integrator does not apply to it")
+        integrator = fixed[sc.kind][0]
     else:
         integrator = integrator or d.get("integrator", "midpoint")
         get_integrator(integrator)  # raises on an unknown name
-    rtol = d.get("rtol") if rtol is None else rtol
-    ftol = d.get("ftol")
-    fit = FitConfig(optimizer=optimizer or d.get("optimizer", "lm"),
-                    max_iters=d.get("max_fit_iters") if max_fit_iters is None else max_fit_iters,
-                    **({} if rtol is None else {"rtol": rtol}), **({} if ftol is None else {"ftol": ftol}))
+    if sc.kind == "ot-flow":
+        given = [name for name, v in (("--optimizer", optimizer), ("--max-fit-iters", max_fit_iters), ("--rtol", rtol))
+                 if v is not None]
+        if given:
+            raise ValueError(f"scenario {scenario!r} has no per-step fit; {', '.join(given)} do(es) not apply to it")
+        fit_config = None
+    else:
+        rtol = d.get("rtol") if rtol is None else rtol
+        ftol = d.get("ftol")
+        fit = FitConfig(optimizer=optimizer or d.get("optimizer", "lm"),
+                        max_iters=d.get("max_fit_iters") if max_fit_iters is None else max_fit_iters,
+                        **({} if rtol is None else {"rtol": rtol}), **({} if ftol is None else {"ftol": ftol}))
+        fit_config = {"optimizer": fit.optimizer, "max_iters": fit.iters, "rtol": fit.rtol,
+                      **({} if ftol is None else {"ftol": fit.ftol})}
+    checkpoint_every = d.get("checkpoint_every", 1) if checkpoint_every is None else checkpoint_every
     if checkpoint_every < 1:
         raise ValueError(f"--checkpoint-every must be at least 1, got {checkpoint_every}")
     frame_every = frame_every or max(1, steps // 60)
     return {
         "scenario": scenario, "method": method, "steps": steps, "dt": float(dt), "seed": int(seed),
         "device": str(_pick_device(device)), "dtype": dtype, "integrator": integrator,
-        "fit": {"optimizer": fit.optimizer, "max_iters": fit.iters, "rtol": fit.rtol,
-                **({} if ftol is None else {"ftol": fit.ftol})},
+        "fit": fit_config,
         "frame_every": int(frame_every), "checkpoint_every": int(checkpoint_every),
         "options": sc.resolve(options), "torch": str(torch.__version__),
     }
@@ -147,7 +162,8 @@ def run_scenario(scenario: str, *, out: str | None = None, resume: bool = False,
     device = _pick_device(config["device"])
     dtype = getattr(torch, config["dtype"])
     runner = {("pde", "insr"): _run_insr, ("pde", "grid"): _run_grid,
-              ("fluid", "insr"): _run_fluid, ("fluid", "grid"): _run_fluid_grid}[sc.kind, config["method"]]
+              ("fluid", "insr"): _run_fluid, ("fluid", "grid"): _run_fluid_grid,
+              ("ot-flow", "sliced-flow"): _run_sliced_flow}[sc.kind, config["method"]]
     started = time.perf_counter()
     summary: dict[str, Any] = {"scenario": scenario, "method": config["method"], "run_dir": str(rd.path)}
     try:
@@ -180,6 +196,7 @@ def _summarise(metrics: list[dict], config: dict, device: torch.device) -> dict[
         "peak_memory_mb": _peak_memory_mb(device),
         "integrator": config["integrator"], "dt": config["dt"],
         **{f"final_{k}": last[k] for k in ("rms_divergence", "energy_ratio") if k in last},
+        **{f"final_{k}": v for k, v in last.items() if k.startswith("w2_") and v is not None},
     }
 
 
@@ -205,7 +222,8 @@ class _progress:
         if not self.enabled:
             return
         err = record.get("error")
-        text = f"loss={record['loss']:.2e}" + (f" err={err:.2e}" if err is not None else "")
+        loss = record.get("loss")
+        text = ("" if loss is None else f"loss={loss:.2e}") + (f" err={err:.2e}" if err is not None else "")
         if self.bar is not None:
             if record["step"] > 0:
                 self.bar.update(1)
@@ -397,3 +415,71 @@ def _run_fluid_grid(rd: RunDir, problem, config, device, dtype, resume, bar) -> 
             bar.update(row)
     finally:
         bar.close()
+
+
+def _run_sliced_flow(rd: RunDir, problem, config, device, dtype, resume, bar) -> None:
+    """Sliced Wasserstein gradient flows of one source cloud, one per estimator, towards one target cloud."""
+    from ..gallery.clouds import point_cloud
+    from ..ot.flow import SlicedFlow, exact_wasserstein
+    from .plots import plot_clouds_3d, plot_error_curve
+
+    o = config["options"]
+    gen = torch.Generator().manual_seed(config["seed"])
+    half = o["separation"] / (2 * math.sqrt(3))
+    source = point_cloud(o["source"], o["n_points"], generator=gen, dtype=dtype, center=(-half,) * 3).to(device)
+    target = point_cloud(o["target"], o["n_points"], generator=gen, dtype=dtype, center=(half,) * 3).to(device)
+    estimators = problem["estimators"]
+    flow = SlicedFlow(source, target, estimators=estimators, step_size=config["dt"], n_projections=o["n_projections"],
+                      p=o["p"], directions=o["directions"], generator=gen)
+    start = 0
+    if resume and rd.checkpoint_steps():
+        start = rd.checkpoint_steps()[-1]
+        flow.load_state_dict(rd.load_checkpoint(start)["flow"])
+        rd.truncate_metrics(start)
+    elif resume:
+        rd.truncate_metrics(-1)
+    lo = torch.minimum(source.min(0).values, target.min(0).values).cpu().numpy()
+    hi = torch.maximum(source.max(0).values, target.max(0).values).cpu().numpy()
+    target_np = target.cpu().numpy()
+
+    def frame(step: int, w2: dict) -> None:
+        clouds = {f"{name}: W2 {w2[name]:.3g}" if name in w2 else name: c.cpu().numpy()
+                  for name, c in flow.clouds.items()}
+        plot_clouds_3d(rd.frame_path(step), clouds, target_np, limits=(lo, hi),
+                       title=f"sliced Wasserstein flows, L = {o['n_projections']}, step {step}")
+
+    def record(step: int, losses: dict, seconds: float) -> None:
+        evaluate = step % o["eval_every"] == 0 or step == config["steps"]
+        w2 = {name: exact_wasserstein(c, target) for name, c in flow.clouds.items()} if evaluate else {}
+        row = {"step": step, "t": step * config["dt"], "loss": losses.get(estimators[0]), "fit_iters": 0,
+               "seconds": seconds, "status": "success", "error": None,
+               **{f"sw_{name}": losses.get(name) for name in estimators},
+               **{f"w2_{name}": w2.get(name) for name in estimators},
+               "peak_memory_mb": _peak_memory_mb(device)}
+        rd.append_metrics(row)
+        if step % config["checkpoint_every"] == 0 or step == config["steps"]:
+            rd.save_checkpoint(step, {"step": step, "flow": flow.state_dict(), "config": config})
+        if step % config["frame_every"] == 0 or step == config["steps"]:
+            frame(step, w2)
+        bar.update(row)
+
+    bar.start(start)
+    try:
+        if start == 0:
+            record(0, {}, 0.0)
+        for step in range(start + 1, config["steps"] + 1):
+            t0 = time.perf_counter()
+            losses = flow.step()
+            if not all(math.isfinite(v) for v in losses.values()):
+                raise StepDivergedError(f"step {step}: a sliced Wasserstein estimate is not finite ({losses}); lower "
+                                        "--dt", Status.DIVERGED)
+            record(step, losses, time.perf_counter() - t0)
+    finally:
+        bar.close()
+        metrics = [m for m in rd.read_metrics() if any(m.get(f"w2_{e}") is not None for e in estimators)]
+        if metrics:
+            curves = {e: ([m["step"] for m in metrics if m.get(f"w2_{e}") is not None],
+                          [m[f"w2_{e}"] for m in metrics if m.get(f"w2_{e}") is not None]) for e in estimators}
+            plot_error_curve(rd.path / "w2.png", curves, xlabel="step", ylabel="exact W2 to the target",
+                             title=f"{o['source']} -> {o['target']}, {o['n_points']} points, L = {o['n_projections']}")
+
