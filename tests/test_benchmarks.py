@@ -146,3 +146,22 @@ def test_mfac_quick(tmp_path):
         assert "Patches applied:" in out and "| 64 |" in out and "ours/ref" in out
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "mfac_digits.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_sliced_wasserstein_quick(tmp_path):
+    """Sliced Wasserstein benchmark in --quick mode; with the reference when NEURALNUMERICS_CVSW_REFERENCE names a
+    checkout of github.com/khainb/CV-SW."""
+    import os
+
+    pytest.importorskip("ot", reason="benchmarks/sliced_wasserstein.py compares against POT: pip install -e .[ot]")
+    reference = os.environ.get("NEURALNUMERICS_CVSW_REFERENCE")
+    extra = ["--reference", reference] if reference else []
+    proc, out_md = _run_quick("sliced_wasserstein.py", tmp_path, *extra)
+    out = _check_quick_report(proc, out_md, "Sliced Wasserstein with control variates", "sliced_wasserstein.py")
+    assert "This is a `--quick` run" in out
+    for needle in ("## 1. Variance", "| ours UCV-SW, QMC |", "## 2. Time per estimate", "## 3. Gradient flow",
+                   "Gaussians, 200 samples each, d = 784", "seconds per step"):
+        assert needle in out, needle
+    if reference:
+        assert "| ref LCV-SW |" in out and "Ours / reference variance (same directions)" in out
