@@ -132,9 +132,9 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, p: float = 2, n_proj
     ``mu`` of the rows of ``x`` and ``nu`` of the rows of ``y``, from ``L`` directions ``theta``: plain
     Monte Carlo (``control_variate=None``), or the paper's estimator with the lower-bound (``"lower"``) or
     upper-bound (``"upper"``) Gaussian control variate (see the module docstring). Batched over leading
-    dimensions, differentiable in ``x``, ``y`` and the weights (through the sort: NumPy's on the CPU, ``torch.sort`` elsewhere), on any device, in
-    the inputs' dtype. Like the paper's code, the gradient of a control-variate estimate flows through the
-    coefficient ``gamma`` too.
+    dimensions, differentiable in ``x``, ``y`` and the weights (through the sort: NumPy's on the CPU,
+    ``torch.sort`` elsewhere), on any device, in the inputs' dtype. Like the paper's code, the gradient of a
+    control-variate estimate flows through the coefficient ``gamma`` too.
 
     Args:
         x: ``(..., n, d)`` points of the first measure.
