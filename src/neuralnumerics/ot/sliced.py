@@ -90,15 +90,15 @@ def _check_cloud(t, name: str, who: str) -> torch.Tensor:
                          ".to(torch.float32) or .to(torch.float64)")
     if t.shape[-2] < 1 or t.shape[-1] < 1:
         raise ValueError(f"{who}: {name} of shape {tuple(t.shape)} has no points or no coordinates")
-    # the sum is NaN or inf when an entry is (a cheap screen: elementwise isfinite costs more than the estimate
-    # for small L); only then, or when a finite sum overflowed, look at the entries
-    if not bool(torch.isfinite(t.detach().sum())):
-        bad = ~torch.isfinite(t.detach())
-        if bool(bad.any()):
-            first = tuple(int(i) for i in bad.nonzero()[0])
-            raise ValueError(f"{who}: {name} has {int(bad.sum())} non-finite (NaN or inf) entries, the first at index "
-                             f"{first}; remove or fix those points")
     return t
+
+
+def _reject_nonfinite(t: torch.Tensor, name: str, who: str) -> None:
+    bad = ~torch.isfinite(t.detach())
+    if bool(bad.any()):
+        first = tuple(int(i) for i in bad.nonzero()[0])
+        raise ValueError(f"{who}: {name} has {int(bad.sum())} non-finite (NaN or inf) entries, the first at index "
+                         f"{first}; remove or fix those points")
 
 
 def _check_weights(w, cloud: torch.Tensor, name: str, who: str) -> torch.Tensor | None:
@@ -228,6 +228,13 @@ def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, *, p: float = 2, n_proj
     wb = None if b is None else b.unsqueeze(-2)
     W = wasserstein_1d(px, py, p=p, u_weights=wa, v_weights=wb)  # (..., L)
     W = W.expand(*batch, L) if W.shape[:-1] != batch else W
+    # a NaN or inf point makes its projections, hence some W_l, non-finite: one cheap check on the L values here
+    # instead of an elementwise pass over the clouds (which costs more than the estimate for small L)
+    if not bool(torch.isfinite(W.detach().sum())):
+        _reject_nonfinite(x, "x", who)
+        _reject_nonfinite(y, "y", who)
+        raise ValueError(f"{who}: the projected distances overflowed {x.dtype} (the clouds' coordinates are too large); "
+                         "rescale the clouds or use float64")
     A = W.mean(-1)
 
     if control_variate is None:
@@ -283,38 +290,35 @@ def _variance(W: torch.Tensor, D: torch.Tensor | None) -> torch.Tensor:
     return k / L * (z - z.mean(-1, keepdim=True)).square().sum(-1)
 
 
-def _moments(cloud: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean ``(..., d)`` and trace of the ``1/n``-type covariance ``(...)`` of ``(..., n, d)`` points."""
+def _mean(t: torch.Tensor, w: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """Mean of ``t`` over ``dim`` (``-2``: the points of ``(..., n, d)``; ``-1``: the projections ``(..., L, n)``),
+    weighted by probability weights ``w`` ``(..., n)`` when given."""
     if w is None:
-        mean = cloud.mean(-2)
-        trace = (cloud - mean.unsqueeze(-2)).square().sum(-1).mean(-1)
-    else:
-        mean = (w.unsqueeze(-1) * cloud).sum(-2)
-        trace = (w * (cloud - mean.unsqueeze(-2)).square().sum(-1)).sum(-1)
-    return mean, trace
+        return t.mean(dim)
+    return (w.unsqueeze(-1) * t).sum(-2) if dim == -2 else (w.unsqueeze(-2) * t).sum(-1)
 
 
-def _projected_moments(proj: torch.Tensor, w: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance ``(..., L)`` of projected clouds ``(..., L, n)``."""
+def _variance_along(t: torch.Tensor, w: torch.Tensor | None, dim: int) -> torch.Tensor:
+    """The ``1/n``-type (weighted) variance of ``t`` over ``dim``, as :func:`_mean`."""
     if w is None:
-        mean = proj.mean(-1)
-        var = (proj - mean.unsqueeze(-1)).square().mean(-1)
-    else:
-        w = w.unsqueeze(-2)
-        mean = (w * proj).sum(-1)
-        var = (w * (proj - mean.unsqueeze(-1)).square()).sum(-1)
-    return mean, var
+        return t.var(dim, correction=0)
+    dev = t - _mean(t, w, dim).unsqueeze(dim)
+    return _mean(dev.square(), w, dim)
+
+
+def _trace_covariance(cloud: torch.Tensor, mean: torch.Tensor, w: torch.Tensor | None) -> torch.Tensor:
+    """``tr S = mean_i |x_i - m|^2`` (weighted: ``sum_i w_i |x_i - m|^2``) of ``(..., n, d)`` points (centred
+    first: no cancellation for clouds far from the origin)."""
+    dist = torch.linalg.vector_norm(cloud - mean.unsqueeze(-2), dim=-1).square()  # (..., n)
+    return dist.mean(-1) if w is None else (w * dist).sum(-1)
 
 
 def _control_variate(kind, x, y, a, b, px, py, d):
     """``C_l`` ``(..., L)`` from the projections and ``E[C]`` ``(...)`` in closed form."""
-    mx, tx = _moments(x, a)
-    my, ty = _moments(y, b)
-    pmx, pvx = _projected_moments(px, a)
-    pmy, pvy = _projected_moments(py, b)
-    C = (pmx - pmy).square()
+    C = (_mean(px, a, -1) - _mean(py, b, -1)).square()
+    mx, my = _mean(x, a, -2), _mean(y, b, -2)
     EC = (mx - my).square().sum(-1)
     if kind == "upper":
-        C = C + pvx + pvy
-        EC = EC + tx + ty
+        C = C + _variance_along(px, a, -1) + _variance_along(py, b, -1)
+        EC = EC + _trace_covariance(x, mx, a) + _trace_covariance(y, my, b)
     return C, EC / d
