@@ -391,7 +391,7 @@ def build_report(args, threads, ours: list[Run], facts: dict, ref: Run | None, r
             f"- Ours: `evolve_fluid(taylor_green(n_points={args.n_points}), dt={DT}, scheme=\"{args.scheme}\", "
             f"seed={SEED}, divergence_weight=W)` in float64, once per W in "
             f"{', '.join(f'{w:g}' for w in args.divergence_weights)} (W > 0 adds W · div u to the residuals of "
-            "the projection fit on the pressure's points): SIREN velocity ({facts['velocity_params']} weights) and pressure "
+            f"the projection fit on the pressure's points): SIREN velocity ({facts['velocity_params']} weights) and pressure "
             f"({facts['pressure_params']} weights), 3 hidden layers of 32, {cfg['n_points']} fixed quasi-random "
             f"points per step ({cfg['wall_points']} per wall); pressure by Levenberg-Marquardt, velocity by "
             "L-BFGS (see `neuralnumerics.pde.fluid`). Seconds per step are the fits' wall time "

@@ -25,3 +25,11 @@ def test_readme_linear_solver_example_runs(one_thread):
     blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "neuralnumerics.linalg" in b]
     assert len(blocks) == 1
     exec(compile(blocks[0], "README.md", "exec"), {})
+
+
+@pytest.mark.parametrize("module", ["neuralnumerics.curvature", "neuralnumerics.ot"])
+def test_readme_examples_run(module, one_thread):
+    readme = (DOCS.parent / "README.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if module in b]
+    assert len(blocks) == 1
+    exec(compile(blocks[0], "README.md", "exec"), {})
