@@ -275,3 +275,20 @@ def test_the_numpy_sort_on_the_cpu_gives_torch_sorts_values_and_gradients():
         # with ties the two sorts may order equal values differently; the gradient per value class agrees
         assert torch.equal(a.grad[1:], b.grad[1:])
         torch.testing.assert_close(a.grad[0, :10].sum(), b.grad[0, :10].sum())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_on_cuda_the_estimates_and_gradients_match_the_cpu():
+    x, y = cloud(300, 5, seed=51), cloud(200, 5, seed=52, shift=1.0)
+    theta = random_directions(64, 5, generator=gen(53), dtype=F64)
+    for cv in (None, "lower", "upper"):
+        xc = x.cuda().requires_grad_(True)
+        xh = x.clone().requires_grad_(True)
+        dc = sliced_wasserstein(xc, y.cuda(), projections=theta.cuda(), control_variate=cv)
+        dh = sliced_wasserstein(xh, y, projections=theta, control_variate=cv)
+        dc.backward()
+        dh.backward()
+        torch.testing.assert_close(dc.cpu(), dh, rtol=1e-10, atol=0)
+        torch.testing.assert_close(xc.grad.cpu(), xh.grad, rtol=1e-8, atol=1e-12)
+    g = torch.Generator(device="cuda").manual_seed(0)
+    assert sliced_wasserstein(x.cuda(), y.cuda(), generator=g).device.type == "cuda"
