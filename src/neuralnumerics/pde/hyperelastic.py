@@ -1,0 +1,132 @@
+"""Hyperelastic energy densities of deformation gradients, and the material constants they take.
+
+Every density maps deformation gradients ``F`` of shape ``(..., d, d)`` (``d`` = 2 or 3, ``F = dq/dX`` for the
+deformation map ``q(X)`` from rest positions ``X``) to energies per unit rest volume, shape ``(...)``; all are
+differentiable (autograd), zero at ``F = I`` and invariant under rotations ``F -> R F``.
+
+* :func:`arap_energy`: as-rigid-as-possible, ``sum_i (sigma_i - 1)^2`` over the singular values of ``F``
+  (the INSR paper's elasticity term).
+* :func:`volume_energy`: ``(det F - 1)^2``, the paper's volume-preservation term (with the signed
+  determinant, so that inverted states cost more than their mirror images; the paper's code uses
+  ``prod(sigma) = |det F|``).
+* :func:`neo_hookean_energy`: the stable Neo-Hookean model of Smith, de Goes and Kim (2018) without its
+  log term, rest-stable, finite through inversion (no ``log det F``), and reparameterised so that small
+  strains give linear elasticity with the given Lame parameters.
+
+:func:`lame_parameters` converts Young's modulus and Poisson's ratio into ``(mu, lambda)``.
+
+References:
+    Chen, Wu, Grinspun, Zheng, Chen. "Implicit Neural Spatial Representations for Time-dependent PDEs",
+    ICML 2023, Sec. 5.3.
+    Smith, de Goes, Kim. "Stable Neo-Hookean Flesh Simulation", ACM TOG 37(2), 2018.
+    Sorkine, Alexa. "As-Rigid-As-Possible Surface Modeling", SGP 2007.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+__all__ = ["arap_energy", "volume_energy", "neo_hookean_energy", "lame_parameters", "ENERGIES"]
+
+
+def _check_gradients(F, who: str) -> torch.Tensor:
+    if not isinstance(F, torch.Tensor) or F.ndim < 2 or F.shape[-1] != F.shape[-2] or F.shape[-1] not in (2, 3):
+        shape = tuple(F.shape) if isinstance(F, torch.Tensor) else type(F).__name__
+        raise ValueError(f"{who}: F must be deformation gradients of shape (..., d, d) with d = 2 or 3, got {shape}")
+    if not F.is_floating_point():
+        raise ValueError(f"{who}: F must be a real floating tensor, got dtype {F.dtype}")
+    return F
+
+
+def _singular_values(F: torch.Tensor) -> torch.Tensor:
+    """Singular values ``(..., d)`` with a gradient that stays finite where two of them coincide (at rest
+    every singular value is 1, where ``torch.linalg.svdvals``'s backward is still well defined, unlike that
+    of the full SVD)."""
+    return torch.linalg.svdvals(F)
+
+
+def arap_energy(F: torch.Tensor) -> torch.Tensor:
+    """As-rigid-as-possible energy density ``sum_i (sigma_i(F) - 1)^2`` (``= |F - R|_F^2`` with ``R`` the
+    rotation closest to ``F``).
+
+    Args:
+        F: ``(..., d, d)`` deformation gradients, ``d`` = 2 or 3.
+
+    Returns:
+        ``(...)``.
+
+    Raises:
+        ValueError: ``F`` not of shape ``(..., d, d)`` with ``d`` in {2, 3}, or not floating point.
+    """
+    F = _check_gradients(F, "arap_energy")
+    return (_singular_values(F) - 1).square().sum(-1)
+
+
+def volume_energy(F: torch.Tensor) -> torch.Tensor:
+    """Volume-preservation energy density ``(det F - 1)^2``.
+
+    Args:
+        F: ``(..., d, d)`` deformation gradients, ``d`` = 2 or 3.
+
+    Returns:
+        ``(...)``.
+    """
+    F = _check_gradients(F, "volume_energy")
+    return (torch.linalg.det(F) - 1).square()
+
+
+def neo_hookean_energy(F: torch.Tensor, mu: float, lam: float) -> torch.Tensor:
+    """Stable Neo-Hookean energy density (Smith et al. 2018) for Lame parameters ``mu``, ``lam``; zero at rest.
+
+    ``Psi(F) = mu/2 (tr(F^T F) - d) + k/2 (det F - alpha)^2 - mu^2 / (2 k)`` with ``k = lam + mu`` and
+    ``alpha = 1 + mu / k`` (Smith et al.'s reparameterisation, so that small strains give linear elasticity
+    with exactly these Lame parameters). The first Piola-Kirchhoff stress ``P = mu F + k (det F - alpha)
+    cof(F)`` vanishes at ``F = I``; there is no ``log det F``, so inverted states have a finite energy.
+
+    Args:
+        F: ``(..., d, d)`` deformation gradients, ``d`` = 2 or 3.
+        mu, lam: Lame parameters, ``mu > 0`` and ``lam + mu > 0`` (see :func:`lame_parameters`).
+
+    Returns:
+        ``(...)``.
+
+    Raises:
+        ValueError: bad ``F``, or ``mu``, ``lam`` not finite, ``mu <= 0`` or ``lam + mu <= 0``.
+    """
+    F = _check_gradients(F, "neo_hookean_energy")
+    for name, v in (("mu", mu), ("lam", lam)):
+        if isinstance(v, bool) or not isinstance(v, numbers.Real) or not math.isfinite(v):
+            raise ValueError(f"neo_hookean_energy: {name} must be a finite number, got {v!r}")
+    if mu <= 0 or lam + mu <= 0:
+        raise ValueError(f"neo_hookean_energy: needs mu > 0 and lam + mu > 0, got mu={mu!r}, lam={lam!r}; "
+                         "lame_parameters(young, poisson) converts Young's modulus and Poisson's ratio")
+    d = F.shape[-1]
+    k = lam + mu
+    alpha = 1 + mu / k
+    stretch = F.square().sum((-2, -1)) - d
+    return 0.5 * mu * stretch + 0.5 * k * (torch.linalg.det(F) - alpha).square() - mu * mu / (2 * k)
+
+
+def lame_parameters(young: float, poisson: float) -> tuple[float, float]:
+    """``(mu, lambda)`` from Young's modulus ``E > 0`` and Poisson's ratio ``-1 < nu < 0.5``.
+
+    ``mu = E / (2 (1 + nu))``, ``lambda = E nu / ((1 + nu)(1 - 2 nu))`` (3D, and 2D plane strain).
+
+    Raises:
+        ValueError: ``E <= 0`` or ``nu`` outside ``(-1, 0.5)`` (``nu = 0.5`` is incompressible: ``lambda``
+            is infinite).
+    """
+    if isinstance(young, bool) or not isinstance(young, numbers.Real) or not math.isfinite(young) or young <= 0:
+        raise ValueError(f"lame_parameters: Young's modulus must be a positive finite number, got {young!r}")
+    if isinstance(poisson, bool) or not isinstance(poisson, numbers.Real) or not -1 < poisson < 0.5:
+        raise ValueError(f"lame_parameters: Poisson's ratio must lie in (-1, 0.5), got {poisson!r} (0.5, "
+                         "incompressible, has an infinite lambda: use a volume_energy penalty instead)")
+    mu = young / (2 * (1 + poisson))
+    lam = young * poisson / ((1 + poisson) * (1 - 2 * poisson))
+    return float(mu), float(lam)
+
+
+ENERGIES = {"arap": arap_energy, "volume": volume_energy, "neo-hookean": neo_hookean_energy}
