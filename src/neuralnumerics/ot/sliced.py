@@ -299,10 +299,11 @@ def _mean(t: torch.Tensor, w: torch.Tensor | None, dim: int) -> torch.Tensor:
 
 
 def _variance_along(t: torch.Tensor, w: torch.Tensor | None, dim: int) -> torch.Tensor:
-    """The ``1/n``-type (weighted) variance of ``t`` over ``dim``, as :func:`_mean`."""
-    if w is None:
-        return t.var(dim, correction=0)
+    """The ``1/n``-type (weighted) variance of ``t`` over ``dim``, as :func:`_mean` (centred, then a norm:
+    several times faster on the CPU than ``torch.var``'s single-pass kernel)."""
     dev = t - _mean(t, w, dim).unsqueeze(dim)
+    if w is None:
+        return torch.linalg.vector_norm(dev, dim=dim).square() / t.shape[dim]
     return _mean(dev.square(), w, dim)
 
 
