@@ -4,8 +4,8 @@ Every density maps deformation gradients ``F`` of shape ``(..., d, d)`` (``d`` =
 deformation map ``q(X)`` from rest positions ``X``) to energies per unit rest volume, shape ``(...)``; all are
 differentiable (autograd), zero at ``F = I`` and invariant under rotations ``F -> R F``.
 
-* :func:`arap_energy`: as-rigid-as-possible, ``sum_i (sigma_i - 1)^2`` over the singular values of ``F``
-  (the INSR paper's elasticity term).
+* :func:`arap_energy`: as-rigid-as-possible, ``|F - R|^2`` = ``sum_i (sigma_i - 1)^2`` over the singular
+  values of ``F`` for ``det F > 0`` (the INSR paper's elasticity term).
 * :func:`volume_energy`: ``(det F - 1)^2``, the paper's volume-preservation term (with the signed
   determinant, so that inverted states cost more than their mirror images; the paper's code uses
   ``prod(sigma) = |det F|``).
@@ -41,6 +41,17 @@ def _check_gradients(F, who: str) -> torch.Tensor:
     return F
 
 
+def _det(F: torch.Tensor) -> torch.Tensor:
+    """``det F`` of ``(..., d, d)``, d = 2 or 3, as the explicit polynomial (smooth to every order under
+    autograd and ``torch.func``, unlike ``torch.linalg.det``'s second derivatives)."""
+    if F.shape[-1] == 2:
+        return F[..., 0, 0] * F[..., 1, 1] - F[..., 0, 1] * F[..., 1, 0]
+    a, b, c = F[..., 0, 0], F[..., 0, 1], F[..., 0, 2]
+    d, e, f = F[..., 1, 0], F[..., 1, 1], F[..., 1, 2]
+    g, h, i = F[..., 2, 0], F[..., 2, 1], F[..., 2, 2]
+    return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
+
+
 def _singular_values(F: torch.Tensor) -> torch.Tensor:
     """Singular values ``(..., d)`` with a gradient that stays finite where two of them coincide (at rest
     every singular value is 1, where ``torch.linalg.svdvals``'s backward is still well defined, unlike that
@@ -49,8 +60,14 @@ def _singular_values(F: torch.Tensor) -> torch.Tensor:
 
 
 def arap_energy(F: torch.Tensor) -> torch.Tensor:
-    """As-rigid-as-possible energy density ``sum_i (sigma_i(F) - 1)^2`` (``= |F - R|_F^2`` with ``R`` the
-    rotation closest to ``F``).
+    """As-rigid-as-possible energy density ``|F - R|_F^2``, ``R`` the rotation closest to ``F``; for
+    ``det F > 0`` this is ``sum_i (sigma_i(F) - 1)^2`` over the singular values.
+
+    In 2D it is the closed form ``|F|^2 + 2 - 2 sqrt(|F|^2 + 2 det F)`` (``R`` ranges over proper rotations,
+    so an inverted ``F`` costs more than in the singular-value form), which is smooth at rest and twice
+    differentiable wherever ``F`` is not close to a reflection of zero stretch: finite-element Newton
+    solvers need its Hessian. In 3D it is the singular-value form, whose first derivatives are well
+    defined everywhere but whose second derivatives are not where two singular values coincide (at rest).
 
     Args:
         F: ``(..., d, d)`` deformation gradients, ``d`` = 2 or 3.
@@ -62,6 +79,10 @@ def arap_energy(F: torch.Tensor) -> torch.Tensor:
         ValueError: ``F`` not of shape ``(..., d, d)`` with ``d`` in {2, 3}, or not floating point.
     """
     F = _check_gradients(F, "arap_energy")
+    if F.shape[-1] == 2:
+        norm2 = F.square().sum((-2, -1))
+        trace_r = (norm2 + 2 * _det(F)).clamp_min(torch.finfo(F.dtype).tiny).sqrt()
+        return norm2 + 2 - 2 * trace_r
     return (_singular_values(F) - 1).square().sum(-1)
 
 
@@ -75,7 +96,7 @@ def volume_energy(F: torch.Tensor) -> torch.Tensor:
         ``(...)``.
     """
     F = _check_gradients(F, "volume_energy")
-    return (torch.linalg.det(F) - 1).square()
+    return (_det(F) - 1).square()
 
 
 def neo_hookean_energy(F: torch.Tensor, mu: float, lam: float) -> torch.Tensor:
@@ -107,7 +128,7 @@ def neo_hookean_energy(F: torch.Tensor, mu: float, lam: float) -> torch.Tensor:
     k = lam + mu
     alpha = 1 + mu / k
     stretch = F.square().sum((-2, -1)) - d
-    return 0.5 * mu * stretch + 0.5 * k * (torch.linalg.det(F) - alpha).square() - mu * mu / (2 * k)
+    return 0.5 * mu * stretch + 0.5 * k * (_det(F) - alpha).square() - mu * mu / (2 * k)
 
 
 def lame_parameters(young: float, poisson: float) -> tuple[float, float]:

@@ -1,0 +1,78 @@
+"""Linear finite elements for hyperelasticity: the patch test (affine boundary values give the affine solution,
+with Newton's quadratic convergence), gradients and Hessians against autograd and finite differences, and
+refusals of bad meshes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from neuralnumerics.classical.elasticity import ElasticFEM, rectangle_mesh
+from neuralnumerics.pde.hyperelastic import arap_energy, neo_hookean_energy, volume_energy
+
+F64 = torch.float64
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse invariant checks")
+
+
+def perturbed(V, seed=0, scale=0.05):
+    g = torch.Generator().manual_seed(seed)
+    return V + scale * torch.randn(V.shape, dtype=F64, generator=g)
+
+
+@pytest.mark.parametrize("density, quadratic", [(lambda F: neo_hookean_energy(F, 1.0, 2.0), True),
+                                                (lambda F: arap_energy(F) + 10 * volume_energy(F), False)],
+                         ids=["neo-hookean", "arap"])
+def test_patch_test_affine_boundary_values_give_the_affine_solution(density, quadratic):
+    # ARAP's Hessian has negative curvature off rest; its projection makes Newton converge linearly there
+    V, T = rectangle_mesh(6, 5)
+    fem = ElasticFEM(V, T, density)
+    A = torch.tensor([[1.3, 0.2], [-0.1, 0.9]], dtype=F64)
+    b = torch.tensor([0.5, -0.2], dtype=F64)
+    boundary = (V.abs() >= 1 - 1e-12).any(1)
+    q0 = V.clone()
+    q0[boundary] = V[boundary] @ A.T + b
+    result = fem.solve_static(q0, boundary, tol=1e-9)
+    assert result.converged
+    torch.testing.assert_close(result.q, V @ A.T + b, rtol=0, atol=1e-8)
+    h = result.history
+    if quadratic:
+        assert any(h[k + 1] < 1e-2 * h[k] for k in range(len(h) - 1))  # a quadratic step near the end
+
+
+def test_the_energy_of_an_affine_map_is_the_density_times_the_area():
+    V, T = rectangle_mesh(4, 3, lo=(0.0, 0.0), hi=(2.0, 1.5))
+    fem = ElasticFEM(V, T, lambda F: neo_hookean_energy(F, 0.7, 1.1))
+    A = torch.tensor([[1.2, 0.3], [0.1, 0.8]], dtype=F64)
+    expect = 3.0 * neo_hookean_energy(A[None], 0.7, 1.1)[0]
+    torch.testing.assert_close(fem.energy(V @ A.T), expect, rtol=1e-12, atol=0)
+    torch.testing.assert_close(fem.volumes.sum(), torch.tensor(3.0, dtype=F64), rtol=1e-14, atol=0)
+
+
+def test_gradient_and_hessian_match_autograd_and_finite_differences():
+    V, T = rectangle_mesh(3, 3)
+    fem = ElasticFEM(V, T, lambda F: neo_hookean_energy(F, 1.0, 3.0) + volume_energy(F))
+    q = perturbed(V, seed=1).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x: fem.energy(x), (q,), eps=1e-6, atol=1e-6)
+    dense = torch.autograd.functional.hessian(lambda x: fem.energy(x.reshape(V.shape)), q.detach().reshape(-1))
+    torch.testing.assert_close(fem.hessian(q.detach(), project=False).to_dense(), dense, rtol=1e-10, atol=1e-10)
+    projected = fem.hessian(q.detach()).to_dense()
+    assert float(torch.linalg.eigvalsh(projected).min()) > -1e-10  # positive semidefinite
+    torch.testing.assert_close(fem.gradient(q.detach()), torch.autograd.grad(fem.energy(q), q)[0])
+
+
+def test_bad_meshes_are_refused_naming_the_element():
+    V, T = rectangle_mesh(2, 2)
+    flipped = T.clone()
+    flipped[3] = flipped[3, [0, 2, 1]]
+    with pytest.raises(ValueError, match=r"element 3 \(vertices .*\) is inverted at rest"):
+        ElasticFEM(V, flipped, arap_energy)
+    collapsed = T.clone()
+    collapsed[0, 2] = collapsed[0, 1]
+    with pytest.raises(ValueError, match="element 0 .* is degenerate"):
+        ElasticFEM(V, collapsed, arap_energy)
+    with pytest.raises(ValueError, match=r"cell indices must lie in \[0, 9\)"):
+        ElasticFEM(V, T + 5, arap_energy)
+    with pytest.raises(ValueError, match=r"cells must be \(E, 3\)"):
+        ElasticFEM(V, T[:, :2], arap_energy)
+    with pytest.raises(ValueError, match="nx and ny must be at least 1"):
+        rectangle_mesh(0, 3)
