@@ -19,11 +19,14 @@ def perturbed(V, seed=0, scale=0.05):
     return V + scale * torch.randn(V.shape, dtype=F64, generator=g)
 
 
+@pytest.mark.parametrize("newton", ["projected", "damped"])
 @pytest.mark.parametrize("density, quadratic", [(lambda F: neo_hookean_energy(F, 1.0, 2.0), True),
                                                 (lambda F: arap_energy(F) + 10 * volume_energy(F), False)],
                          ids=["neo-hookean", "arap"])
-def test_patch_test_affine_boundary_values_give_the_affine_solution(density, quadratic):
-    # ARAP's Hessian has negative curvature off rest; its projection makes Newton converge linearly there
+def test_patch_test_affine_boundary_values_give_the_affine_solution(density, quadratic, newton):
+    # ARAP's Hessian has negative curvature off rest: projected Newton converges linearly there, the damped
+    # (exact-Hessian) Newton quadratically
+    quadratic = quadratic or newton == "damped"
     V, T = rectangle_mesh(6, 5)
     fem = ElasticFEM(V, T, density)
     A = torch.tensor([[1.3, 0.2], [-0.1, 0.9]], dtype=F64)
@@ -31,7 +34,7 @@ def test_patch_test_affine_boundary_values_give_the_affine_solution(density, qua
     boundary = (V.abs() >= 1 - 1e-12).any(1)
     q0 = V.clone()
     q0[boundary] = V[boundary] @ A.T + b
-    result = fem.solve_static(q0, boundary, tol=1e-9)
+    result = fem.solve_static(q0, boundary, tol=1e-9, newton=newton)
     assert result.converged
     torch.testing.assert_close(result.q, V @ A.T + b, rtol=0, atol=1e-8)
     h = result.history
@@ -76,3 +79,24 @@ def test_bad_meshes_are_refused_naming_the_element():
         ElasticFEM(V, T[:, :2], arap_energy)
     with pytest.raises(ValueError, match="nx and ny must be at least 1"):
         rectangle_mesh(0, 3)
+
+
+def test_a_bar_stretched_to_twice_its_length_in_load_steps_thins_out_symmetrically():
+    # the paper's 2D stretch as a static FEM problem: the left end held, the right end moved by 2 in ten load
+    # steps (each solved from the last, which follows the physical branch: the problem has other equilibria)
+    V, T = rectangle_mesh(6, 6)
+    fem = ElasticFEM(V, T, lambda F: arap_energy(F) + 1e3 * volume_energy(F))
+    ends, right = V[:, 0].abs() >= 1 - 1e-12, V[:, 0] >= 1 - 1e-12
+    q = V.clone()
+    for k in range(1, 11):
+        q = q.clone()
+        q[right, 0] = V[right, 0] + 0.2 * k
+        result = fem.solve_static(q, ends, tol=1e-10, max_iters=100, newton="damped")
+        assert result.converged, k
+        q = result.q
+    mid = V[:, 0].abs() < 1e-12
+    width = float(q[mid, 1].max() - q[mid, 1].min())
+    assert 0.4 < width < 1.0  # area preservation: twice as long, so thinner than half the rest width 2
+    assert float(q[:, 0].max()) == pytest.approx(3.0) and float(fem.energy(q)) > 0
+    with pytest.raises(ValueError, match="newton must be 'projected' or 'damped'"):
+        fem.solve_static(q, ends, newton="exact")
