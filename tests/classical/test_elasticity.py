@@ -100,3 +100,27 @@ def test_a_bar_stretched_to_twice_its_length_in_load_steps_thins_out_symmetrical
     assert float(q[:, 0].max()) == pytest.approx(3.0) and float(fem.energy(q)) > 0
     with pytest.raises(ValueError, match="newton must be 'projected' or 'damped'"):
         fem.solve_static(q, ends, newton="exact")
+
+
+def test_box_mesh_fills_the_box_with_positive_tetrahedra_and_passes_the_3d_patch_test():
+    from neuralnumerics.classical.elasticity import box_mesh
+
+    V, T = box_mesh(3, 2, 2, lo=(0.0, 0.0, 0.0), hi=(1.5, 1.0, 2.0))
+    assert V.shape == (36, 3) and T.shape == (72, 4)
+    fem = ElasticFEM(V, T, lambda F: neo_hookean_energy(F, 1.0, 2.0))  # refuses inverted or degenerate tets
+    torch.testing.assert_close(fem.volumes.sum(), torch.tensor(3.0, dtype=F64), rtol=1e-13, atol=0)
+    faces = torch.cat([T[:, [0, 1, 2]], T[:, [0, 1, 3]], T[:, [0, 2, 3]], T[:, [1, 2, 3]]]).sort(1).values
+    _, counts = torch.unique(faces, dim=0, return_counts=True)
+    assert int(counts.max()) <= 2  # conforming: an interior face is shared by exactly two tetrahedra
+    assert int((counts == 1).sum()) == 2 * 2 * (3 * 2 + 2 * 2 + 3 * 2)  # only the boundary's triangles are single
+    A = torch.tensor([[1.1, 0.1, 0.0], [0.0, 0.9, 0.2], [0.1, 0.0, 1.2]], dtype=F64)
+    V, T = box_mesh(3, 3, 3)
+    fem = ElasticFEM(V, T, lambda F: neo_hookean_energy(F, 1.0, 2.0))
+    boundary = (V.abs() >= 1 - 1e-12).any(1)
+    q0 = V.clone()
+    q0[boundary] = V[boundary] @ A.T
+    result = fem.solve_static(q0, boundary, tol=1e-10)
+    assert result.converged
+    torch.testing.assert_close(result.q, V @ A.T, rtol=0, atol=1e-9)
+    with pytest.raises(ValueError, match="nx, ny and nz must be at least 1"):
+        box_mesh(1, 0, 1)

@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch.func import hessian, vmap
 
-__all__ = ["rectangle_mesh", "ElasticFEM", "StaticResult"]
+__all__ = ["rectangle_mesh", "box_mesh", "ElasticFEM", "StaticResult"]
 
 
 def rectangle_mesh(nx: int, ny: int, lo=(-1.0, -1.0), hi=(1.0, 1.0), *,
@@ -50,6 +50,44 @@ def rectangle_mesh(nx: int, ny: int, lo=(-1.0, -1.0), hi=(1.0, 1.0), *,
     a, b, c, d = idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]
     tris = torch.cat([torch.stack([a, b, c], -1).reshape(-1, 3), torch.stack([a, c, d], -1).reshape(-1, 3)])
     return vertices, tris
+
+
+def box_mesh(nx: int, ny: int, nz: int, lo=(-1.0, -1.0, -1.0), hi=(1.0, 1.0, 1.0), *,
+             dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """A structured tetrahedral mesh of a box: ``(nx+1)(ny+1)(nz+1)`` vertices, ``6 nx ny nz`` tetrahedra.
+
+    Each cube is cut into six tetrahedra around its main diagonal (the Freudenthal/Kuhn subdivision), which
+    fits conformingly across neighbouring cubes; every tetrahedron is positively oriented.
+
+    Returns:
+        ``(vertices (V, 3), tetrahedra (E, 4) int64)``.
+
+    Raises:
+        ValueError: a count below 1 or an empty box.
+    """
+    if min(nx, ny, nz) < 1:
+        raise ValueError(f"box_mesh: nx, ny and nz must be at least 1, got {nx}, {ny}, {nz}")
+    if not all(h > lo_ for lo_, h in zip(lo, hi)):
+        raise ValueError(f"box_mesh: hi {hi} must exceed lo {lo} in every coordinate")
+    axes = [torch.linspace(lo[k], hi[k], n + 1, dtype=dtype) for k, n in enumerate((nx, ny, nz))]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    idx = torch.arange(grid.shape[0]).reshape(nx + 1, ny + 1, nz + 1)
+    corner = idx[:-1, :-1, :-1].reshape(-1)
+    step = {0: (ny + 1) * (nz + 1), 1: nz + 1, 2: 1}
+    tets = []
+    for perm in ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)):
+        # the path corner -> +e_a -> +e_a+e_b -> opposite corner along the axes in the order `perm`
+        v0 = corner
+        v1 = v0 + step[perm[0]]
+        v2 = v1 + step[perm[1]]
+        v3 = v2 + step[perm[2]]
+        tets.append(torch.stack([v0, v1, v2, v3], 1))
+    tets = torch.cat(tets)
+    x = grid[tets]
+    vol = torch.linalg.det((x[:, 1:] - x[:, :1]).mT)
+    flip = vol < 0
+    tets[flip] = tets[flip][:, [0, 2, 1, 3]]
+    return grid, tets
 
 
 @dataclass
