@@ -124,3 +124,17 @@ def test_box_mesh_fills_the_box_with_positive_tetrahedra_and_passes_the_3d_patch
     torch.testing.assert_close(result.q, V @ A.T, rtol=0, atol=1e-9)
     with pytest.raises(ValueError, match="nx, ny and nz must be at least 1"):
         box_mesh(1, 0, 1)
+
+
+def test_3d_patch_test_with_arap_and_a_volume_term():
+    from neuralnumerics.classical.elasticity import box_mesh
+
+    V, T = box_mesh(3, 3, 3)
+    fem = ElasticFEM(V, T, lambda F: arap_energy(F) + 10 * volume_energy(F))
+    A = torch.tensor([[1.1, 0.1, 0.0], [0.0, 0.9, 0.2], [0.1, 0.0, 1.2]], dtype=F64)
+    boundary = (V.abs() >= 1 - 1e-12).any(1)
+    q0 = perturbed(V, seed=7)  # the interior vertices start off the solution
+    q0[boundary] = V[boundary] @ A.T
+    result = fem.solve_static(q0, boundary, tol=1e-10, newton="damped")
+    assert result.converged
+    torch.testing.assert_close(result.q, V @ A.T, rtol=0, atol=1e-9)

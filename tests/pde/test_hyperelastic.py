@@ -103,3 +103,22 @@ def test_lame_parameters_and_bad_input():
         neo_hookean_energy(torch.eye(2), 1.0, -2.0)
     with pytest.raises(ValueError, match="real floating"):
         volume_energy(torch.eye(2, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_arap_is_the_distance_to_the_nearest_proper_rotation_and_has_a_hessian_at_rest(d):
+    from torch.func import hessian, vmap
+
+    g = torch.Generator().manual_seed(6)
+    F = torch.eye(d, dtype=F64) + 0.8 * torch.randn(300, d, d, dtype=F64, generator=g)
+    sig = torch.linalg.svdvals(F)
+    det = torch.linalg.det(F)
+    assert int((det < 0).sum()) > 10  # inverted states included
+    best = sig[:, :-1].sum(1) + torch.sign(det) * sig[:, -1]  # max over proper rotations of tr(R^T F)
+    torch.testing.assert_close(arap_energy(F), F.square().sum((-2, -1)) + d - 2 * best, rtol=1e-10, atol=1e-10)
+    upright = det > 0
+    torch.testing.assert_close(arap_energy(F[upright]), (sig[upright] - 1).square().sum(1), rtol=1e-10, atol=1e-10)
+    H = vmap(hessian(lambda f: arap_energy(f[None])[0]))(torch.eye(d, dtype=F64)[None]).reshape(d * d, d * d)
+    # at rest: 2 on symmetric perturbations, 0 on the d(d-1)/2 infinitesimal rotations
+    expect = torch.tensor([0.0] * (d * (d - 1) // 2) + [2.0] * (d * (d + 1) // 2), dtype=F64)
+    torch.testing.assert_close(torch.linalg.eigvalsh(H), expect, rtol=0, atol=1e-10)

@@ -224,8 +224,8 @@ class ElasticFEM:
             mu *= 4
         return q, mu, False
 
-    def solve_static(self, q0: torch.Tensor, fixed: torch.Tensor, *, tol: float = 1e-9, max_iters: int = 50,
-                     external: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    def solve_static(self, q0: torch.Tensor, fixed: torch.Tensor, *, tol: float = 1e-9, atol: float = 1e-12,
+                     max_iters: int = 50, external: Callable[[torch.Tensor], torch.Tensor] | None = None,
                      newton: str = "projected") -> StaticResult:
         """Static equilibrium by Newton's method on the energy.
 
@@ -238,7 +238,8 @@ class ElasticFEM:
         Args:
             q0: ``(V, d)`` starting positions; the ``fixed`` vertices keep theirs (Dirichlet conditions).
             fixed: ``(V,)`` bool, the vertices held in place.
-            tol: stop when the gradient norm over the free dofs is at most ``tol`` times its initial value.
+            tol, atol: stop when the gradient norm over the free dofs is at most ``tol`` times its initial
+                value or at most ``atol``.
             max_iters: Newton iteration cap. The iteration also stops, unconverged, when the line search
                 finds no decrease of the energy (rounding level reached, or no descent).
             external: optional ``external(q) -> scalar`` potential added to the elastic energy (gravity,
@@ -274,7 +275,7 @@ class ElasticFEM:
         it = 0
         mu = None
         for it in range(1, max_iters + 1):
-            if history[-1] <= tol * g0:
+            if history[-1] <= max(tol * g0, atol):
                 it -= 1
                 break
             if newton == "damped":
@@ -308,4 +309,4 @@ class ElasticFEM:
             g = grad(q)
             history.append(float(g[free].norm()))
         return StaticResult(q=q, energy=float(total(q)), gradient_norm=history[-1], iterations=it,
-                            converged=history[-1] <= tol * g0, history=history)
+                            converged=history[-1] <= max(tol * g0, atol), history=history)

@@ -63,11 +63,11 @@ def arap_energy(F: torch.Tensor) -> torch.Tensor:
     """As-rigid-as-possible energy density ``|F - R|_F^2``, ``R`` the rotation closest to ``F``; for
     ``det F > 0`` this is ``sum_i (sigma_i(F) - 1)^2`` over the singular values.
 
-    In 2D it is the closed form ``|F|^2 + 2 - 2 sqrt(|F|^2 + 2 det F)`` (``R`` ranges over proper rotations,
-    so an inverted ``F`` costs more than in the singular-value form), which is smooth at rest and twice
-    differentiable wherever ``F`` is not close to a reflection of zero stretch: finite-element Newton
-    solvers need its Hessian. In 3D it is the singular-value form, whose first derivatives are well
-    defined everywhere but whose second derivatives are not where two singular values coincide (at rest).
+    It is computed as ``|F|^2 + d - 2 max_R tr(R^T F)`` over proper rotations ``R`` (so an inverted ``F``
+    costs more than in the singular-value form): in 2D in closed form, ``max_R tr(R^T F) = sqrt(|F|^2 + 2
+    det F)``; in 3D as the largest root of a quartic in the invariants (:func:`_trace_rotation_3d`). Both
+    are smooth at rest, where the singular values coincide, so the energy's Hessian (which
+    finite-element Newton solvers need) is defined there; that of the singular-value form is not.
 
     Args:
         F: ``(..., d, d)`` deformation gradients, ``d`` = 2 or 3.
@@ -79,11 +79,36 @@ def arap_energy(F: torch.Tensor) -> torch.Tensor:
         ValueError: ``F`` not of shape ``(..., d, d)`` with ``d`` in {2, 3}, or not floating point.
     """
     F = _check_gradients(F, "arap_energy")
+    norm2 = F.square().sum((-2, -1))
     if F.shape[-1] == 2:
-        norm2 = F.square().sum((-2, -1))
         trace_r = (norm2 + 2 * _det(F)).clamp_min(torch.finfo(F.dtype).tiny).sqrt()
         return norm2 + 2 - 2 * trace_r
-    return (_singular_values(F) - 1).square().sum(-1)
+    return norm2 + 3 - 2 * _trace_rotation_3d(F, norm2)
+
+
+def _trace_rotation_3d(F: torch.Tensor, norm2: torch.Tensor) -> torch.Tensor:
+    """``max_R tr(R^T F)`` over proper rotations, ``(...)``, for ``(..., 3, 3)`` ``F``: ``sigma_1 + sigma_2 +
+    sign(det F) sigma_3`` (singular values in decreasing order).
+
+    It is the largest root ``x`` of ``x^4 - 2 I x^2 - 8 det(F) x + I^2 - 4 II = 0`` (``I = tr C``, ``II``
+    the second invariant of ``C = F^T F``; the invariants of the stretch ``U = sqrt(C)``), found by Newton's
+    method from ``sqrt(3 I)``, an upper bound, from which it decreases monotonically. Built from polynomial
+    operations only, it is smooth where that root is simple (everywhere but at ``F = 0``-like degenerate
+    states), including at rest where all singular values coincide, so its Hessian is usable; the
+    singular-value form's is not.
+    """
+    C = F.mT @ F
+    i1 = norm2
+    i2 = 0.5 * (i1.square() - C.square().sum((-2, -1)))
+    det = _det(F)
+    const = i1.square() - 4 * i2
+    x = (3 * i1).clamp_min(torch.finfo(F.dtype).tiny).sqrt()
+    for _ in range(40):
+        x2 = x * x
+        p = x2 * x2 - 2 * i1 * x2 - 8 * det * x + const
+        dp = 4 * x2 * x - 4 * i1 * x - 8 * det
+        x = x - p / torch.where(dp.abs() > 0, dp, torch.ones_like(dp))
+    return x
 
 
 def volume_energy(F: torch.Tensor) -> torch.Tensor:
