@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["linalg.md", "linalg_skr.md", "linalg_relax.md", "fluids.md", "curvature.md", "ot.md"]
+PAGES = ["linalg.md", "linalg_skr.md", "linalg_relax.md", "fluids.md", "curvature.md", "ot.md", "elasticity.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)
