@@ -124,16 +124,22 @@ def test_insr_fluid_quick(tmp_path):
     assert "(n=47)" in out and out_md.exists()
 
 
+def _reference_from_env(var: str) -> tuple[str | None, list[str]]:
+    """The reference checkout named by environment variable ``var`` (or None), and the benchmark arguments for it."""
+    import os
+
+    reference = os.environ.get(var)
+    return reference, (["--reference", reference] if reference else [])
+
+
 @pytest.mark.slow
 def test_mfac_quick(tmp_path):
     """M-FAC benchmark in --quick mode; with the reference when NEURALNUMERICS_MFAC_REFERENCE names a checkout of
     github.com/IST-DASLab/M-FAC."""
     import importlib.util
-    import os
 
     pytest.importorskip("sklearn", reason="benchmarks/mfac.py needs scikit-learn: pip install -e .[bench]")
-    reference = os.environ.get("NEURALNUMERICS_MFAC_REFERENCE")
-    extra = ["--reference", reference] if reference else []
+    reference, extra = _reference_from_env("NEURALNUMERICS_MFAC_REFERENCE")
     proc, out_md = _run_quick("mfac.py", tmp_path, *extra)
     out = _check_quick_report(proc, out_md, "M-FAC: neuralnumerics vs. the reference implementation", "mfac.py")
     assert "This is a `--quick` run" in out
@@ -152,11 +158,8 @@ def test_mfac_quick(tmp_path):
 def test_sliced_wasserstein_quick(tmp_path):
     """Sliced Wasserstein benchmark in --quick mode; with the reference when NEURALNUMERICS_CVSW_REFERENCE names a
     checkout of github.com/khainb/CV-SW."""
-    import os
-
     pytest.importorskip("ot", reason="benchmarks/sliced_wasserstein.py compares against POT: pip install -e .[ot]")
-    reference = os.environ.get("NEURALNUMERICS_CVSW_REFERENCE")
-    extra = ["--reference", reference] if reference else []
+    reference, extra = _reference_from_env("NEURALNUMERICS_CVSW_REFERENCE")
     proc, out_md = _run_quick("sliced_wasserstein.py", tmp_path, *extra)
     out = _check_quick_report(proc, out_md, "Sliced Wasserstein with control variates", "sliced_wasserstein.py")
     assert "This is a `--quick` run" in out

@@ -200,15 +200,44 @@ class ElasticFEM:
         cols = dofs.unsqueeze(-2).expand(E, k, k).reshape(-1)
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), H.reshape(-1), (self.dof, self.dof)).coalesce()
 
+    def _free_hessian(self, q, idx, *, project: bool):
+        """The Hessian's block on the free dofs ``idx`` as a SciPy CSR matrix."""
+        import scipy.sparse as sp
+
+        H = self.hessian(q, project=project)
+        i, j = H.indices().numpy()
+        return sp.csr_matrix((H.values().numpy(), (i, j)), shape=(self.dof, self.dof))[idx][:, idx]
+
+    def _projected_step(self, q, g, free, idx, total, mu):
+        """One projected-Newton step (CG with IC(0), backtracking line search); returns ``(q, mu, accepted)``
+        (``mu`` passed through, unused)."""
+        import numpy as np
+        import scipy.sparse as sp
+
+        from ..linalg import CG, IncompleteCholesky, SparseOperator, linear_solve
+
+        K = self._free_hessian(q, idx, project=True)
+        K = K + sp.identity(K.shape[0]) * (1e-12 * float(np.abs(K.diagonal()).max()))  # PSD -> SPD
+        op = SparseOperator.from_scipy(K.tocsr(), dtype=q.dtype, symmetric=True, positive_definite=True)
+        sol = linear_solve(op, -g[free], CG(rtol=1e-10, max_iters=20 * K.shape[0]), M=IncompleteCholesky(op),
+                           throw=False)
+        step = torch.zeros_like(g)
+        step[free] = sol.x
+        e0, slope, alpha = float(total(q)), float(g @ step), 1.0
+        while alpha > 1e-10:
+            trial = q + alpha * step.reshape(q.shape)
+            if float(total(trial)) <= e0 + 1e-4 * alpha * slope:
+                return trial.detach(), mu, True
+            alpha *= 0.5
+        return q, mu, False  # no descent left at this precision
+
     def _damped_step(self, q, g, free, idx, total, mu):
         """One Levenberg step ``(H + mu I) s = -g`` on the free dofs; returns ``(q, mu, accepted)``."""
         import numpy as np
         import scipy.sparse as sp
         from scipy.sparse.linalg import spsolve
 
-        H = self.hessian(q, project=False)
-        i, j = H.indices().numpy()
-        K = sp.csr_matrix((H.values().numpy(), (i, j)), shape=(self.dof, self.dof))[idx][:, idx].tocsc()
+        K = self._free_hessian(q, idx, project=False).tocsc()
         scale = float(np.abs(K.diagonal()).max()) or 1.0
         mu = 1e-3 * scale if mu is None else mu
         gf = g[free].numpy()
@@ -248,11 +277,9 @@ class ElasticFEM:
         Returns:
             A :class:`StaticResult`.
         """
-        import numpy as np
-        import scipy.sparse as sp
-
-        from ..linalg import CG, IncompleteCholesky, SparseOperator, linear_solve
-
+        if newton not in ("projected", "damped"):
+            raise ValueError(f"ElasticFEM.solve_static: newton must be 'projected' or 'damped', got {newton!r}")
+        newton_step = self._projected_step if newton == "projected" else self._damped_step
         d = self.d
         free = (~fixed).repeat_interleave(d)
         idx = free.nonzero().squeeze(1).numpy()
@@ -267,45 +294,17 @@ class ElasticFEM:
             (g,) = torch.autograd.grad(total(x), x)
             return g.reshape(-1)
 
-        if newton not in ("projected", "damped"):
-            raise ValueError(f"ElasticFEM.solve_static: newton must be 'projected' or 'damped', got {newton!r}")
         g = grad(q)
         g0 = float(g[free].norm()) or 1.0
         history = [float(g[free].norm())]
-        it = 0
-        mu = None
+        it, mu = 0, None
         for it in range(1, max_iters + 1):
             if history[-1] <= max(tol * g0, atol):
                 it -= 1
                 break
-            if newton == "damped":
-                q, mu, ok = self._damped_step(q, g, free, idx, total, mu)
-                if not ok:
-                    break
-                g = grad(q)
-                history.append(float(g[free].norm()))
-                continue
-            H = self.hessian(q)
-            i, j = H.indices().numpy()
-            K = sp.csr_matrix((H.values().numpy(), (i, j)), shape=(self.dof, self.dof))[idx][:, idx]
-            K = K + sp.identity(K.shape[0]) * (1e-12 * float(np.abs(K.diagonal()).max()))  # PSD -> SPD
-            op = SparseOperator.from_scipy(K.tocsr(), dtype=q.dtype, symmetric=True, positive_definite=True)
-            sol = linear_solve(op, -g[free], CG(rtol=1e-10, max_iters=20 * K.shape[0]),
-                               M=IncompleteCholesky(op), throw=False)
-            step = torch.zeros_like(g)
-            step[free] = sol.x
-            e0, slope, alpha = float(total(q)), float(g @ step), 1.0
-            trial = q
-            accepted = False
-            while alpha > 1e-10:
-                trial = q + alpha * step.reshape(q.shape)
-                if float(total(trial)) <= e0 + 1e-4 * alpha * slope:
-                    accepted = True
-                    break
-                alpha *= 0.5
-            if not accepted:  # no descent left at this precision: stop where we are
+            q, mu, accepted = newton_step(q, g, free, idx, total, mu)
+            if not accepted:
                 break
-            q = trial.detach()
             g = grad(q)
             history.append(float(g[free].norm()))
         return StaticResult(q=q, energy=float(total(q)), gradient_norm=history[-1], iterations=it,

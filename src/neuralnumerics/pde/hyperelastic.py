@@ -29,7 +29,7 @@ import numbers
 
 import torch
 
-__all__ = ["arap_energy", "volume_energy", "neo_hookean_energy", "lame_parameters", "ENERGIES"]
+__all__ = ["arap_energy", "volume_energy", "neo_hookean_energy", "lame_parameters"]
 
 
 def _check_gradients(F, who: str) -> torch.Tensor:
@@ -50,13 +50,6 @@ def _det(F: torch.Tensor) -> torch.Tensor:
     d, e, f = F[..., 1, 0], F[..., 1, 1], F[..., 1, 2]
     g, h, i = F[..., 2, 0], F[..., 2, 1], F[..., 2, 2]
     return a * (e * i - f * h) - b * (d * i - f * g) + c * (d * h - e * g)
-
-
-def _singular_values(F: torch.Tensor) -> torch.Tensor:
-    """Singular values ``(..., d)`` with a gradient that stays finite where two of them coincide (at rest
-    every singular value is 1, where ``torch.linalg.svdvals``'s backward is still well defined, unlike that
-    of the full SVD)."""
-    return torch.linalg.svdvals(F)
 
 
 def arap_energy(F: torch.Tensor) -> torch.Tensor:
@@ -174,5 +167,3 @@ def lame_parameters(young: float, poisson: float) -> tuple[float, float]:
     lam = young * poisson / ((1 + poisson) * (1 - 2 * poisson))
     return float(mu), float(lam)
 
-
-ENERGIES = {"arap": arap_energy, "volume": volume_energy, "neo-hookean": neo_hookean_energy}
