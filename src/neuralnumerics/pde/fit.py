@@ -56,6 +56,10 @@ class ResidualTerm:
         coords: when the points carry per-point data after their coordinates (targets, normals, ... computed
             once per draw), the number of leading columns that are coordinates; ``fn`` then receives the
             whole rows and must pass only ``x[:, :coords]`` to the field. ``None``: every column is a coordinate.
+        energy: ``fn`` returns energy densities ``(n,)`` (or ``(n, 1)``) instead of residuals, and the term adds
+            ``weight * mean_i e_i`` to the loss (not squared): the fit then minimises an energy, as INSR's
+            elasticity does. Only ``"lbfgs"`` and ``"adam"`` take energy terms; Levenberg-Marquardt needs
+            least-squares residuals.
     """
 
     name: str
@@ -63,6 +67,7 @@ class ResidualTerm:
     sample: Callable[[torch.Generator | None, bool], torch.Tensor]
     weight: float = 1.0
     coords: int | None = None
+    energy: bool = False
 
 
 @dataclass(frozen=True)
@@ -152,7 +157,8 @@ def _term_losses(module: nn.Module, theta: torch.Tensor, terms: Sequence[Residua
     out: dict[str, torch.Tensor] = {}
     for term, x in zip(terms, points):
         r = term.fn(u, x)
-        out[term.name] = out.get(term.name, 0.0) + term.weight * r.square().sum(dim=-1).mean()
+        value = r.mean() if term.energy else r.square().sum(dim=-1).mean()
+        out[term.name] = out.get(term.name, 0.0) + term.weight * value
     return out
 
 
@@ -182,6 +188,10 @@ def fit_field(field: nn.Module, terms: Sequence[ResidualTerm], config: FitConfig
     """
     if not terms:
         raise ValueError("fit_field needs at least one residual term")
+    energies = [t.name for t in terms if t.energy]
+    if energies and config.optimizer == "lm":
+        raise ValueError(f"Levenberg-Marquardt fits least-squares residuals, and the term(s) {energies} are energies; "
+                         "use optimizer 'lbfgs' or 'adam'")
     start = time.perf_counter()
     if candidates:
         _start_from_best(field, terms, candidates, generator)
@@ -196,6 +206,8 @@ def fit_field(field: nn.Module, terms: Sequence[ResidualTerm], config: FitConfig
         warm_iters = warm_report.iters
     fitter = {"lm": _fit_lm, "lbfgs": _fit_lbfgs, "adam": _fit_adam}[config.optimizer]
     target = (config.atol + config.rtol * scale) ** 2 if config.optimizer != "adam" else 0.0
+    if energies:
+        target = -math.inf  # an energy has no known minimum value: stop on ftol or max_iters
     report = fitter(field, list(terms), config, generator, target)
     report.target = target
     report.iters += warm_iters
@@ -498,7 +510,7 @@ def _fit_lbfgs(module: nn.Module, terms, config: FitConfig, generator, target: f
         iters = int(opt.state[params[0]].get("n_iter", iters + 1))
         new = current()
         history.append(new)
-        if math.isfinite(new) and loss - new <= config.ftol * new:
+        if math.isfinite(new) and loss - new <= config.ftol * abs(new):
             loss, status = new, Status.STAGNATED
             break
         loss = new
