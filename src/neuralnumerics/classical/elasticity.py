@@ -18,12 +18,14 @@ References:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import numpy as np
 import torch
 from torch.func import hessian, vmap
+
+from ..pde.bodies import check_mesh
 
 __all__ = ["rectangle_mesh", "box_mesh", "ElasticFEM", "StaticResult"]
 
@@ -130,30 +132,13 @@ class ElasticFEM:
     """
 
     def __init__(self, vertices: torch.Tensor, cells: torch.Tensor, density: Callable[[torch.Tensor], torch.Tensor]):
-        if not isinstance(vertices, torch.Tensor) or vertices.ndim != 2 or vertices.shape[1] not in (2, 3):
-            raise ValueError(f"ElasticFEM: vertices must be (V, 2) or (V, 3), got {getattr(vertices, 'shape', None)}")
-        d = vertices.shape[1]
-        if not isinstance(cells, torch.Tensor) or cells.ndim != 2 or cells.shape[1] != d + 1:
-            raise ValueError(f"ElasticFEM: cells must be (E, {d + 1}) vertex indices for {d}D, got "
-                             f"{getattr(cells, 'shape', None)}")
-        cells = cells.long()
-        if int(cells.min()) < 0 or int(cells.max()) >= vertices.shape[0]:
-            raise ValueError(f"ElasticFEM: cell indices must lie in [0, {vertices.shape[0]}), got "
-                             f"[{int(cells.min())}, {int(cells.max())}]")
-        self.vertices, self.cells, self.density, self.d = vertices, cells, density, d
+        vertices, cells, volumes = check_mesh(vertices, cells, "ElasticFEM")
+        self.vertices, self.cells, self.density, self.d = vertices, cells, density, vertices.shape[1]
         Dm = self._edges(vertices)
-        det = torch.linalg.det(Dm)
-        scale = Dm.abs().amax(dim=(-2, -1)) ** d
-        bad = det <= 1e-12 * scale
-        if bool(bad.any()):
-            first = int(bad.nonzero()[0])
-            kind = "inverted" if float(det[first]) < 0 else "degenerate"
-            raise ValueError(f"ElasticFEM: element {first} (vertices {cells[first].tolist()}) is {kind} at rest "
-                             f"(signed volume {float(det[first]) / math.factorial(d):.3g}); {int(bad.sum())} such "
-                             "elements in all. Fix the mesh (orientation or collapsed elements)")
         self.Dm_inv = torch.linalg.inv(Dm)
-        self.volumes = det / math.factorial(d)
+        self.volumes = volumes
         self.dof = vertices.numel()
+        self._extra_hessian = None
 
     def _edges(self, q: torch.Tensor) -> torch.Tensor:
         x = q[self.cells]  # (E, d+1, d)
@@ -198,15 +183,20 @@ class ElasticFEM:
         k = dofs.shape[1]
         rows = dofs.unsqueeze(-1).expand(E, k, k).reshape(-1)
         cols = dofs.unsqueeze(-2).expand(E, k, k).reshape(-1)
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), H.reshape(-1), (self.dof, self.dof)).coalesce()
+        return torch.sparse_coo_tensor(torch.stack([rows, cols]), H.reshape(-1), (self.dof, self.dof),
+                                       check_invariants=False).coalesce()
 
     def _free_hessian(self, q, idx, *, project: bool):
-        """The Hessian's block on the free dofs ``idx`` as a SciPy CSR matrix."""
+        """The Hessian's block on the free dofs ``idx`` as a SciPy CSR matrix (plus ``self._extra_hessian(q)``
+        while a solve sets one)."""
         import scipy.sparse as sp
 
         H = self.hessian(q, project=project)
         i, j = H.indices().numpy()
-        return sp.csr_matrix((H.values().numpy(), (i, j)), shape=(self.dof, self.dof))[idx][:, idx]
+        K = sp.csr_matrix((H.values().numpy(), (i, j)), shape=(self.dof, self.dof))
+        if self._extra_hessian is not None:
+            K = K + self._extra_hessian(q)
+        return K.tocsr()[idx][:, idx]
 
     def _projected_step(self, q, g, free, idx, total, mu):
         """One projected-Newton step (CG with IC(0), backtracking line search); returns ``(q, mu, accepted)``
@@ -255,7 +245,7 @@ class ElasticFEM:
 
     def solve_static(self, q0: torch.Tensor, fixed: torch.Tensor, *, tol: float = 1e-9, atol: float = 1e-12,
                      max_iters: int = 50, external: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                     newton: str = "projected") -> StaticResult:
+                     external_hessian=None, newton: str = "projected") -> StaticResult:
         """Static equilibrium by Newton's method on the energy.
 
         ``newton="projected"``: element Hessians projected to their positive semidefinite parts, CG with
@@ -272,7 +262,10 @@ class ElasticFEM:
             max_iters: Newton iteration cap. The iteration also stops, unconverged, when the line search
                 finds no decrease of the energy (rounding level reached, or no descent).
             external: optional ``external(q) -> scalar`` potential added to the elastic energy (gravity,
-                penalty terms); its Hessian is not used (Newton becomes quasi-Newton for it).
+                penalty terms).
+            external_hessian: optional ``external_hessian(q)`` -> a SciPy sparse ``(V d, V d)`` positive
+                semidefinite matrix added to the elastic Hessian (the external potential's Hessian or an
+                approximation of it); without it Newton becomes quasi-Newton for ``external``.
 
         Returns:
             A :class:`StaticResult`.
@@ -298,14 +291,97 @@ class ElasticFEM:
         g0 = float(g[free].norm()) or 1.0
         history = [float(g[free].norm())]
         it, mu = 0, None
-        for it in range(1, max_iters + 1):
-            if history[-1] <= max(tol * g0, atol):
-                it -= 1
-                break
-            q, mu, accepted = newton_step(q, g, free, idx, total, mu)
-            if not accepted:
-                break
-            g = grad(q)
-            history.append(float(g[free].norm()))
+        self._extra_hessian = external_hessian
+        try:
+            for it in range(1, max_iters + 1):
+                if history[-1] <= max(tol * g0, atol):
+                    it -= 1
+                    break
+                q, mu, accepted = newton_step(q, g, free, idx, total, mu)
+                if not accepted:
+                    break
+                g = grad(q)
+                history.append(float(g[free].norm()))
+        finally:
+            self._extra_hessian = None
         return StaticResult(q=q, energy=float(total(q)), gradient_norm=history[-1], iterations=it,
                             converged=history[-1] <= max(tol * g0, atol), history=history)
+
+    def lumped_masses(self, density: float = 1.0) -> torch.Tensor:
+        """``(V,)`` vertex masses: each element's mass ``density * vol_e`` shared equally by its vertices."""
+        m = torch.zeros(self.vertices.shape[0], dtype=self.volumes.dtype)
+        m.index_add_(0, self.cells.reshape(-1), (density * self.volumes / (self.d + 1)).repeat_interleave(self.d + 1))
+        return m
+
+    def step(self, q: torch.Tensor, v: torch.Tensor, dt: float, *, density: float = 1.0, gravity=None,
+             obstacles=(), contact_stiffness: float = 1e4, fixed: torch.Tensor | None = None,
+             targets: torch.Tensor | None = None, static: bool = False, tol: float = 1e-8, max_iters: int = 50,
+             newton: str = "projected") -> tuple[torch.Tensor, torch.Tensor, StaticResult]:
+        """One implicit-Euler step (or, with ``static``, one equilibrium solve): minimise the incremental potential
+
+            ``sum_i m_i / (2 dt^2) |x_i - q_i - dt v_i - dt^2 g|^2 + E_elastic(x) + sum_i w_i k/2 depth_i(x)^2``
+
+        over the positions ``x`` (lumped masses ``m_i``, vertex volumes ``w_i = m_i / density``, penalty
+        contact of stiffness ``k`` per unit volume with each obstacle of :mod:`neuralnumerics.pde.obstacles`),
+        by Newton's method whose Hessian holds the elastic part, the mass term and ``k w_i n n^T`` for the
+        penetrating vertices. The new velocity is ``(x - q) / dt``. With ``static`` the mass term is dropped and
+        gravity enters as the potential ``-sum_i m_i g . (x_i - X_i)`` (``X`` the rest positions): the result is
+        the equilibrium under the given targets, starting from ``q``.
+
+        Args:
+            q, v: ``(V, d)`` positions and velocities at the start of the step.
+            dt: the time step.
+            density: mass per unit rest volume.
+            gravity: acceleration vector (length ``d``) or None.
+            obstacles: :class:`~neuralnumerics.pde.obstacles.Plane`, ``Sphere`` or ``Bowl`` instances.
+            contact_stiffness: the penalty stiffness ``k``.
+            fixed: ``(V,)`` bool, vertices moved to ``targets`` (or kept where they are) instead of solved for.
+            targets: ``(V, d)`` positions of the fixed vertices at the end of the step.
+            tol, max_iters, newton: as in :meth:`solve_static`.
+
+        Returns:
+            ``(x, v_new, result)`` with the :class:`StaticResult` of the Newton solve.
+        """
+        import scipy.sparse as sp
+
+        if not (dt > 0):
+            raise ValueError(f"ElasticFEM.step: dt must be positive, got {dt}")
+        if q.shape != self.vertices.shape or v.shape != q.shape:
+            raise ValueError(f"ElasticFEM.step: q and v must have shape {tuple(self.vertices.shape)}, got "
+                             f"{tuple(q.shape)} and {tuple(v.shape)}")
+        d, n = self.d, q.shape[0]
+        m = self.lumped_masses(density)
+        w = m / density
+        g = None if gravity is None else q.new_tensor(list(gravity))
+        q_hat = q if static else q + dt * v + (0 if g is None else dt * dt * g)
+        fixed = torch.zeros(n, dtype=torch.bool) if fixed is None else fixed
+        x0 = q_hat.clone()
+        x0[fixed] = (q if targets is None else targets)[fixed]
+        k = float(contact_stiffness)
+
+        def potential(x):
+            if static:
+                e = x.new_zeros(()) if g is None else -(m[:, None] * (x - self.vertices) * g).sum()
+            else:
+                e = (m[:, None] / (2 * dt * dt) * (x - q_hat).square()).sum()
+            for ob in obstacles:
+                depth, _ = ob.penetration(x)
+                e = e + 0.5 * k * (w * depth.square()).sum()
+            return e
+
+        def potential_hessian(x):
+            H = sp.diags(np.repeat(m.numpy() / (dt * dt) * (not static), d))
+            for ob in obstacles:
+                depth, normal = ob.penetration(x.detach())
+                hit = (depth > 0).nonzero().squeeze(1)
+                if hit.numel():
+                    blocks = k * w[hit, None, None] * normal[hit, :, None] * normal[hit, None, :]
+                    dofs = hit[:, None] * d + torch.arange(d)
+                    rows = dofs[:, :, None].expand(-1, d, d).reshape(-1).numpy()
+                    cols = dofs[:, None, :].expand(-1, d, d).reshape(-1).numpy()
+                    H = H + sp.csr_matrix((blocks.reshape(-1).numpy(), (rows, cols)), shape=(n * d, n * d))
+            return H
+
+        result = self.solve_static(x0, fixed, tol=tol, atol=1e-12, max_iters=max_iters, external=potential,
+                                   external_hessian=potential_hessian, newton=newton)
+        return result.q, (result.q - q) / dt, result
