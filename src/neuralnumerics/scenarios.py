@@ -36,8 +36,10 @@ class Scenario:
             ``rtol``, ``ftol``).
         methods: ``"insr"`` and the classical baselines that can run it.
         kind: ``"pde"`` (a :class:`~neuralnumerics.pde.Problem` marched by a time integrator), ``"fluid"``
-            (an :class:`~neuralnumerics.pde.fluid.IncompressibleFlow2D` advanced by operator splitting) or
-            ``"ot-flow"`` (sliced Wasserstein gradient flows of point clouds, :mod:`neuralnumerics.ot`).
+            (an :class:`~neuralnumerics.pde.fluid.IncompressibleFlow2D` advanced by operator splitting),
+            ``"elasticity"`` (an :class:`~neuralnumerics.pde.elasticity.Elasticity` body, implicit Euler by
+            energy minimisation) or ``"ot-flow"`` (sliced Wasserstein gradient flows of point clouds,
+            :mod:`neuralnumerics.ot`).
     """
 
     name: str
@@ -192,6 +194,123 @@ SCENARIOS["sw-flow"] = Scenario(
     ),
     defaults={"dt": 0.01, "steps": 3000, "checkpoint_every": 100},
     methods=("sliced-flow",), kind="ot-flow",
+)
+
+
+def _material_kwargs(o: dict[str, Any]) -> dict[str, Any]:
+    return dict(material=o["material"], arap_weight=o["arap_weight"], volume_weight=o["volume_weight"],
+                young=o["young"], poisson=o["poisson"], n_points=o["n_points"], hidden_features=o["hidden_features"],
+                hidden_layers=o["hidden_layers"], first_omega=o["first_omega"])
+
+
+def _elastic_options(**defaults) -> tuple[Option, ...]:
+    """Options every elasticity scenario has, with some defaults changed."""
+    common = (
+        Option("material", str, "arap", "elastic energy: arap (+ volume term, the paper's) or neo-hookean",
+               ("arap", "neo-hookean")),
+        Option("arap_weight", float, 1.0, "weight of the ARAP energy (the paper's ratio_arap)"),
+        Option("volume_weight", float, 1e3, "weight of the volume term (det F - 1)^2 (the paper's ratio_volume)"),
+        Option("young", float, 1e3, "Young's modulus of the neo-hookean material"),
+        Option("poisson", float, 0.4, "Poisson's ratio of the neo-hookean material"),
+        Option("n_points", int, 4096, "quadrature points inside the body per fit"),
+        Option("hidden_features", int, 68, "SIREN width (the paper's 68)"),
+        Option("hidden_layers", int, 3, "SIREN hidden layers (the paper's 3)"),
+        Option("first_omega", float, 3.0, "first-layer frequency of the SIREN"),
+        Option("fem_cells", int, 0, "cells across the FEM mesh (0: as many floats of state as the SIREN has weights)"),
+    )
+    return tuple(replace(o, default=defaults[o.name]) if o.name in defaults else o for o in common)
+
+
+def _elastic_stretch(o: dict[str, Any]):
+    from .pde.bodies import BoxBody
+    from .pde.elasticity import Constraint, Elasticity
+
+    body = BoxBody((-1.0, -1.0), (1.0, 1.0), name="square")
+    n = o["constraint_points"]
+    if n < 1:
+        raise ValueError(f"option 'constraint_points' must be at least 1, got {n}")
+    left = Constraint("left", body.face(0, 0, n), (0.0, 0.0), o["constraint_stiffness"], 2.0,
+                      region=lambda X: (X[:, 0] + 1).abs() < 1e-9)
+    right = Constraint("right", body.face(0, 1, n), (o["offset"], 0.0), o["constraint_stiffness"], 2.0,
+                       ramp_steps=o["ramp_steps"], region=lambda X: (X[:, 0] - 1).abs() < 1e-9)
+    return Elasticity(body, constraints=[left, right], static=True, name="elasticity-stretch-2d",
+                      **_material_kwargs(o))
+
+
+def _elastic_collide(o: dict[str, Any]):
+    from .pde.bodies import BODIES
+    from .pde.elasticity import Elasticity
+    from .pde.obstacles import Sphere
+
+    body = BODIES[o["shape"]]()
+    return Elasticity(body, density=o["density"], gravity=(0.0, -o["gravity"]), force_steps=o["force_steps"] or None,
+                      obstacles=[Sphere((o["sphere_x"], o["sphere_y"]), o["sphere_radius"])],
+                      contact_stiffness=o["contact_stiffness"], name="elasticity-collide-2d", **_material_kwargs(o))
+
+
+def _elastic_drop(o: dict[str, Any]):
+    from .pde.bodies import BODIES, load_mesh
+    from .pde.elasticity import Elasticity
+    from .pde.obstacles import Plane
+
+    body = load_mesh(o["mesh"], dim=3, normalize=True) if o["mesh"] else BODIES[o["shape"]]()
+    if body.dim != 3:
+        raise ValueError(f"elasticity-drop-3d needs a 3D body; {body.name!r} is {body.dim}D")
+    floor = body.lo[2] - o["height"]
+    return Elasticity(body, density=o["density"], gravity=(0.0, 0.0, -o["gravity"]), obstacles=[Plane(floor)],
+                      contact_stiffness=o["contact_stiffness"], name="elasticity-drop-3d", **_material_kwargs(o))
+
+
+_ELASTIC_FIT = {"optimizer": "lbfgs", "rtol": 0.0}
+
+SCENARIOS["elasticity-stretch-2d"] = Scenario(
+    name="elasticity-stretch-2d",
+    description="2D hyperelastic square pinned on the left, its right side pulled (INSR paper, Sec. 5.3); static",
+    build=_elastic_stretch,
+    options=_elastic_options() + (
+        Option("offset", float, 2.0, "how far the right side is pulled along x (the paper's 2)"),
+        Option("ramp_steps", int, 0, "steps over which the pull grows linearly (0: all at once, the paper's)"),
+        Option("constraint_stiffness", float, 400.0,
+               "penalty per unit length on the held sides (400: the paper's 1e4 on its sample sums)"),
+        Option("constraint_points", int, 100, "points per held side"),
+        Option("fem_substeps", int, 10, "load increments per step of the FEM baseline (it needs them at large pulls)"),
+    ),
+    defaults={"dt": 1.0, "steps": 1, "max_fit_iters": 3000, "ftol": 1e-7, **_ELASTIC_FIT},
+    methods=("insr", "fem"), kind="elasticity",
+)
+
+SCENARIOS["elasticity-collide-2d"] = Scenario(
+    name="elasticity-collide-2d",
+    description="2D hyperelastic body pushed down onto a disc (INSR paper, Sec. 5.3): implicit Euler, penalty contact",
+    build=_elastic_collide,
+    options=_elastic_options(arap_weight=20.0) + (
+        Option("shape", str, "square", "the body", ("square", "disc")),
+        Option("density", float, 20.0, "mass per unit area (the paper's 2 x ratio_kinematics)"),
+        Option("gravity", float, 10.0, "downward acceleration (the paper's force 2e2 / density)"),
+        Option("force_steps", int, 2, "steps during which gravity acts (the paper's T_ext; 0: always)"),
+        Option("contact_stiffness", float, 1e4, "penalty stiffness per unit area (the paper's ratio_collide)"),
+        Option("sphere_x", float, 0.0, "disc centre x"),
+        Option("sphere_y", float, -2.0, "disc centre y"),
+        Option("sphere_radius", float, 1.0, "disc radius"),
+    ),
+    defaults={"dt": 0.1, "steps": 20, "max_fit_iters": 300, "ftol": 1e-6, **_ELASTIC_FIT},
+    methods=("insr", "fem"), kind="elasticity",
+)
+
+SCENARIOS["elasticity-drop-3d"] = Scenario(
+    name="elasticity-drop-3d",
+    description="3D hyperelastic solid (procedural shape or your tetrahedral mesh) dropped onto the ground plane",
+    build=_elastic_drop,
+    options=_elastic_options(material="neo-hookean", hidden_features=48, n_points=4096) + (
+        Option("shape", str, "capsule", "procedural solid", ("capsule", "torus", "blob", "cube")),
+        Option("mesh", str, "", "a tetrahedral mesh file (.mesh, .msh, .vtu, ...) to use instead of the shape"),
+        Option("density", float, 1.0, "mass per unit volume"),
+        Option("gravity", float, 9.8, "downward acceleration"),
+        Option("height", float, 0.3, "gap between the body and the floor at the start"),
+        Option("contact_stiffness", float, 1e5, "penalty stiffness per unit volume"),
+    ),
+    defaults={"dt": 0.02, "steps": 40, "max_fit_iters": 200, "ftol": 1e-6, **_ELASTIC_FIT},
+    methods=("insr", "fem"), kind="elasticity",
 )
 
 

@@ -106,6 +106,76 @@ def plot_grid_field(path: str | Path, values: np.ndarray, *, mask: np.ndarray | 
     return Path(path)
 
 
+def _draw_obstacles_2d(ax, obstacles, limits) -> None:
+    from ..pde.obstacles import Bowl, Plane, Sphere
+
+    (x0, y0), (x1, y1) = limits
+    for ob in obstacles:
+        if isinstance(ob, Plane):
+            ax.fill_between([x0, x1], [y0, y0], [ob.height, ob.height], color="0.75", zorder=0)
+        elif isinstance(ob, Sphere):
+            from matplotlib.patches import Circle
+
+            ax.add_patch(Circle(ob.center[:2], ob.radius, color="0.75", zorder=0))
+        elif isinstance(ob, Bowl):
+            t = np.linspace(np.pi, 2 * np.pi, 100)
+            ax.plot(ob.center[0] + ob.radius * np.cos(t), ob.center[1] + ob.radius * np.sin(t), color="0.4", lw=2)
+
+
+def plot_deformed_2d(path: str | Path, vertices: np.ndarray, triangles: np.ndarray, strain: np.ndarray, *,
+                     obstacles=(), markers: np.ndarray | None = None, limits=None, vmax: float | None = None,
+                     title: str = "") -> Path:
+    """Save a deformed 2D body: triangles ``(E, 3)`` over deformed ``vertices`` ``(V, 2)`` coloured by a
+    per-triangle ``strain`` ``(E,)``, with obstacles (planes, discs, bowls) in grey and optional ``markers``
+    (``(m, 2)``, e.g. constraint targets) as small black dots; ``limits`` is ``((x0, y0), (x1, y1))``."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.6, 4.4), dpi=100)
+    if limits is None:
+        lo, hi = vertices.min(0), vertices.max(0)
+        pad = 0.1 * float((hi - lo).max())
+        limits = (lo - pad, hi + pad)
+    _draw_obstacles_2d(ax, obstacles, limits)
+    art = ax.tripcolor(vertices[:, 0], vertices[:, 1], triangles, facecolors=strain, cmap="viridis", vmin=0,
+                       vmax=vmax if vmax else max(float(strain.max()), 1e-6), edgecolors="none")
+    if markers is not None and len(markers):
+        ax.plot(markers[:, 0], markers[:, 1], "k.", ms=1.5)
+    fig.colorbar(art, ax=ax, label="strain |F - R|")
+    ax.set_xlim(limits[0][0], limits[1][0])
+    ax.set_ylim(limits[0][1], limits[1][1])
+    ax.set_aspect("equal")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_points_3d(path: str | Path, points: np.ndarray, strain: np.ndarray, *, floor: float | None = None,
+                   limits=None, vmax: float | None = None, title: str = "") -> Path:
+    """Save a rendered view of deformed surface points ``(n, 3)`` (z up) coloured by ``strain`` ``(n,)``, over
+    a grey floor at height ``floor``; ``limits`` is ``(lo (3,), hi (3,))``."""
+    plt = _pyplot()
+    fig = plt.figure(figsize=(5.6, 4.6), dpi=100)
+    ax = fig.add_subplot(1, 1, 1, projection="3d")
+    lo, hi = limits if limits is not None else (points.min(0), points.max(0))
+    if floor is not None:
+        xx, yy = np.meshgrid([lo[0], hi[0]], [lo[1], hi[1]])
+        ax.plot_surface(xx, yy, np.full_like(xx, floor), color="0.8", alpha=0.5, shade=False)
+    art = ax.scatter(*points.T, c=strain, s=3, cmap="viridis", vmin=0,
+                     vmax=vmax if vmax else max(float(strain.max()), 1e-6), depthshade=True)
+    ax.set_xlim(lo[0], hi[0])
+    ax.set_ylim(lo[1], hi[1])
+    ax.set_zlim(lo[2], hi[2])
+    ax.set_box_aspect([float(h - l) for l, h in zip(lo, hi)])
+    ax.view_init(elev=18, azim=-60)
+    fig.colorbar(art, ax=ax, label="strain |F - R|", shrink=0.7)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def write_animation(frames: Sequence[str | Path], path: str | Path, *, fps: int = 10) -> Path | None:
     """Join PNG frames into an animated GIF at ``path``; returns ``None`` when there are no frames."""
     if not frames:

@@ -22,6 +22,7 @@ from ..pde.evolve import StepRecord, Trajectory, evolve
 from ..pde.fit import FitConfig
 from ..pde.integrators import get_integrator
 from ..scenarios import get_scenario
+from .elastic_runs import _run_elastic_fem, _run_elastic_insr
 from .plots import plot_field_1d, write_animation
 from .rundir import RunDir, RunDirError
 
@@ -77,7 +78,8 @@ def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None 
     if dtype not in ("float32", "float64"):
         raise ValueError(f"--dtype must be float32 or float64, got {dtype!r}")
     fixed = {"fluid": ("operator-splitting", "advances by operator splitting (advect, pressure, project)"),
-             "ot-flow": ("explicit-euler", "moves its point clouds by explicit Euler steps of the gradient flow")}
+             "ot-flow": ("explicit-euler", "moves its point clouds by explicit Euler steps of the gradient flow"),
+             "elasticity": ("implicit-euler", "minimises the implicit-Euler incremental potential at every step")}
     if sc.kind in fixed:
         if integrator is not None:
             raise ValueError(f"scenario {scenario!r} {fixed[sc.kind][1]}; --integrator does not apply to it")
@@ -92,6 +94,9 @@ def resolve_config(scenario: str, *, steps: int | None = None, dt: float | None 
             raise ValueError(f"scenario {scenario!r} has no per-step fit; {', '.join(given)} do(es) not apply to it")
         fit_config = None
     else:
+        if sc.kind == "elasticity" and optimizer == "lm":
+            raise ValueError(f"scenario {scenario!r} minimises an energy, which Levenberg-Marquardt cannot; use "
+                             "--optimizer lbfgs or adam")
         rtol = d.get("rtol") if rtol is None else rtol
         ftol = d.get("ftol")
         fit = FitConfig(optimizer=optimizer or d.get("optimizer", "lm"),
@@ -163,7 +168,8 @@ def run_scenario(scenario: str, *, out: str | None = None, resume: bool = False,
     dtype = getattr(torch, config["dtype"])
     runner = {("pde", "insr"): _run_insr, ("pde", "grid"): _run_grid,
               ("fluid", "insr"): _run_fluid, ("fluid", "grid"): _run_fluid_grid,
-              ("ot-flow", "sliced-flow"): _run_sliced_flow}[sc.kind, config["method"]]
+              ("ot-flow", "sliced-flow"): _run_sliced_flow,
+              ("elasticity", "insr"): _run_elastic_insr, ("elasticity", "fem"): _run_elastic_fem}[sc.kind, config["method"]]
     started = time.perf_counter()
     summary: dict[str, Any] = {"scenario": scenario, "method": config["method"], "run_dir": str(rd.path)}
     try:
@@ -195,7 +201,8 @@ def _summarise(metrics: list[dict], config: dict, device: torch.device) -> dict[
         "initial_fit_seconds": metrics[0]["seconds"] if metrics else None,
         "peak_memory_mb": _peak_memory_mb(device),
         "integrator": config["integrator"], "dt": config["dt"],
-        **{f"final_{k}": last[k] for k in ("rms_divergence", "energy_ratio") if k in last},
+        **{f"final_{k}": last[k] for k in ("rms_divergence", "energy_ratio", "elastic_energy", "kinetic_energy",
+                                            "max_penetration", "constraint_violation", "volume_change") if k in last},
         **{f"final_{k}": v for k, v in last.items() if k.startswith("w2_") and v is not None},
     }
 
