@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             method=args.method, integrator=args.integrator, optimizer=args.optimizer,
             max_fit_iters=args.max_fit_iters, rtol=args.rtol, frame_every=args.frame_every,
             checkpoint_every=args.checkpoint_every, options=options)
-    except (ValueError, RunDirError) as exc:
+    except (ValueError, RunDirError, FileNotFoundError, ImportError) as exc:
         print(f"neuralnumerics: error: {exc}", file=sys.stderr)
         return 2
     except StepDivergedError as exc:

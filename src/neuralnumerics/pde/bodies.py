@@ -396,7 +396,7 @@ def load_mesh(path, dim: int | None = None, *, normalize: bool = False) -> MeshB
         raise ImportError("reading meshes needs meshio: pip install meshio (or neuralnumerics[mesh])") from None
     try:
         m = meshio.read(path)
-    except Exception as exc:  # meshio raises many kinds of errors on bad files
+    except (Exception, SystemExit) as exc:  # meshio raises many kinds of errors (and exits) on bad files
         raise ValueError(f"could not read mesh {str(path)!r}: {exc}") from None
     kinds = {c.type: c.data for c in m.cells}
     if dim is None:

@@ -496,6 +496,7 @@ def _fit_lbfgs(module: nn.Module, terms, config: FitConfig, generator, target: f
             return float(sum(_term_losses(module, flat_params(module), terms, points).values()))
 
     loss = current()
+    loss0 = loss
     status, iters = Status.MAX_ITERS, 0
     while iters < config.iters and math.isfinite(loss):
         if loss <= target:
@@ -510,7 +511,9 @@ def _fit_lbfgs(module: nn.Module, terms, config: FitConfig, generator, target: f
         iters = int(opt.state[params[0]].get("n_iter", iters + 1))
         new = current()
         history.append(new)
-        if math.isfinite(new) and loss - new <= config.ftol * abs(new):
+        # an energy's minimum may be ~0 or negative: its gain is measured against what the fit has gained too
+        reference = abs(new) if target > -math.inf else max(abs(new), loss0 - new)
+        if math.isfinite(new) and loss - new <= config.ftol * reference:
             loss, status = new, Status.STAGNATED
             break
         loss = new
