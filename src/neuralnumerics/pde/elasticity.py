@@ -40,7 +40,7 @@ from torch import nn
 from .._status import Status, StepDivergedError
 from ..fields import SIREN, flat_params, functional_field, jacobian, load_flat_params
 from .bodies import Body
-from .evolve import step_generator
+from .evolve import StepRecord, step_generator
 from .fit import FitConfig, FitReport, ResidualTerm, fit_field
 from .hyperelastic import _det, arap_energy, lame_parameters, neo_hookean_energy, volume_energy
 
@@ -287,17 +287,10 @@ class Elasticity:
 
 
 @dataclass
-class ElasticStepRecord:
-    """Metrics of one elasticity step (one line of ``metrics.jsonl``)."""
+class ElasticStepRecord(StepRecord):
+    """Metrics of one elasticity step (one line of ``metrics.jsonl``): a
+    :class:`~neuralnumerics.pde.evolve.StepRecord` with the :meth:`Elasticity.diagnostics` flattened in."""
 
-    step: int
-    t: float
-    loss: float
-    fit_iters: int
-    seconds: float
-    status: str
-    error: float | None = None
-    losses: dict | None = None
     diagnostics: dict = dataclass_field(default_factory=dict)
 
     def to_dict(self) -> dict:
