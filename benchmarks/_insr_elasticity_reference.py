@@ -63,7 +63,6 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -74,7 +73,7 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from _insr_reference import (DRIVER_PREAMBLE, _kill_group, _read_jsonl, _substitute,  # noqa: E402
+from _insr_reference import (DRIVER_PREAMBLE, _read_jsonl, run_driver, _substitute,  # noqa: E402
                              manual_parser, patch_reference_copy, scratch_copy)
 
 __all__ = ["run_reference_elasticity", "ReferenceElasticityRun", "reference_argv", "REFERENCE_CONFIG",
@@ -524,39 +523,9 @@ def run_reference_elasticity(
                                          "snapshots": str(snap_dir), "snapshot_every": int(snapshot_every),
                                          "out": str(out_path)}))
 
-        t_start = time.perf_counter()
-        seen = 0
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen([python, str(driver_path), str(spec_path)], cwd=copy_dir, env=env,
-                                    stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                    start_new_session=True)
-            try:
-                while True:
-                    try:
-                        proc.wait(timeout=poll_seconds)
-                        finished = True
-                    except subprocess.TimeoutExpired:
-                        finished = False
-                    recs = _read_jsonl(out_path)
-                    if progress is not None:
-                        for r in recs[seen:]:
-                            progress(r)
-                    seen = len(recs)
-                    if finished:
-                        break
-                    if timeout is not None and time.perf_counter() - t_start > timeout:
-                        run.timed_out = True
-                        _kill_group(proc)
-                        break
-            except BaseException:  # e.g. KeyboardInterrupt: do not leave the driver running
-                _kill_group(proc)
-                raise
-        run.wall_seconds = time.perf_counter() - t_start
-        run.returncode = proc.returncode
-        run.records = _read_jsonl(out_path)
-        if progress is not None:
-            for r in run.records[seen:]:
-                progress(r)
+        run.returncode, run.timed_out, run.wall_seconds, run.records = run_driver(
+            python, driver_path, spec_path, copy_dir, env, out_path, log_path, timeout=timeout,
+            poll_seconds=poll_seconds, progress=progress)
         if run.record("step") is not None and deformed_path.is_file():
             run.deformed = np.load(deformed_path)
         for row in _read_jsonl(snap_dir / "snapshots.jsonl") if (snap_dir / "snapshots.jsonl").is_file() else []:

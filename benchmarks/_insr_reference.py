@@ -31,9 +31,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 __all__ = [
     "run_reference_advection",
@@ -271,6 +272,51 @@ def _kill_group(proc: subprocess.Popen) -> None:
 # --------------------------------------------------------------------------- #
 # public entry point
 # --------------------------------------------------------------------------- #
+def run_driver(python: str, driver_path: Path, spec_path: Path, cwd: Path, env: dict, out_path: Path,
+               log_path: Path, *, timeout: float | None, poll_seconds: float,
+               progress: Callable[[dict], None] | None) -> tuple[int | None, bool, float, list[dict]]:
+    """Run a generated driver script in its own process group, logging to ``log_path``, and follow the JSON
+    lines it appends to ``out_path`` (each passed to ``progress`` as it arrives).
+
+    Returns:
+        ``(returncode, timed_out, wall_seconds, records)``; on ``timeout`` the process group is killed and the
+        records written so far are returned. Any exception here (e.g. KeyboardInterrupt) kills the driver too.
+    """
+    t_start = time.perf_counter()
+    seen, timed_out = 0, False
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([python, str(driver_path), str(spec_path)], cwd=cwd, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=poll_seconds)
+                    finished = True
+                except subprocess.TimeoutExpired:
+                    finished = False
+                recs = _read_jsonl(out_path)
+                if progress is not None:
+                    for r in recs[seen:]:
+                        progress(r)
+                seen = len(recs)
+                if finished:
+                    break
+                if timeout is not None and time.perf_counter() - t_start > timeout:
+                    timed_out = True
+                    _kill_group(proc)
+                    break
+        except BaseException:  # e.g. KeyboardInterrupt: do not leave the driver running
+            _kill_group(proc)
+            raise
+    wall = time.perf_counter() - t_start
+    records = _read_jsonl(out_path)
+    if progress is not None:
+        for r in records[seen:]:
+            progress(r)
+    return proc.returncode, timed_out, wall, records
+
+
 def scratch_copy(ref_path: Path, workdir: str | os.PathLike | None, prefix: str):
     """A fresh copy of the reference checkout in a scratch directory (``workdir``, or a temporary one).
 
