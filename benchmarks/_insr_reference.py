@@ -272,6 +272,24 @@ def _kill_group(proc: subprocess.Popen) -> None:
 # --------------------------------------------------------------------------- #
 # public entry point
 # --------------------------------------------------------------------------- #
+def missing_modules(modules: Sequence[str], python: str = sys.executable, env: dict[str, str] | None = None) -> list[str]:
+    """The ``modules`` that ``python`` (with ``env``) cannot import."""
+    probe = (
+        "import importlib.util, sys\n"
+        "print(' '.join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))\n"
+    )
+    res = subprocess.run([python, "-c", probe, *modules], stdin=subprocess.DEVNULL,
+                         capture_output=True, text=True, env=env, check=True)
+    return res.stdout.split()
+
+
+def check_checkout(ref_path: Path, needed: Sequence[str]) -> None:
+    """Raise FileNotFoundError unless ``ref_path`` holds every file of ``needed`` (an INSR-PDE checkout)."""
+    missing = [p for p in needed if not (ref_path / p).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{ref_path} does not look like an INSR-PDE checkout (missing {missing})")
+
+
 def run_driver(python: str, driver_path: Path, spec_path: Path, cwd: Path, env: dict, out_path: Path,
                log_path: Path, *, timeout: float | None, poll_seconds: float,
                progress: Callable[[dict], None] | None) -> tuple[int | None, bool, float, list[dict]]:
