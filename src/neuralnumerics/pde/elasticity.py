@@ -138,6 +138,8 @@ class Elasticity:
         for label, v in (("arap_weight", arap_weight), ("volume_weight", volume_weight)):
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{label} must be a finite non-negative number, got {v!r}")
+        if force_steps is not None and (not isinstance(force_steps, int) or force_steps < 0):
+            raise ValueError(f"force_steps must be a non-negative integer or None, got {force_steps!r}")
         for c in constraints:
             if c.points.ndim != 2 or c.points.shape[1] != d or len(c.offset) != d:
                 raise ValueError(f"constraint {c.name!r}: points must be (m, {d}) and the offset have {d} components")
@@ -263,14 +265,16 @@ class Elasticity:
         g = self.gravity if self.gravity_on(max(step, 1)) else None
         out["gravity_energy"] = (0.0 if g is None else
                                  -self.density * V * float(((phi - Xg) * Xg.new_tensor(g)).sum(1).mean()))
-        depth = torch.zeros(1, dtype=X.dtype)
+        depth = 0.0
         with torch.no_grad():
-            pts = phi if surface is None else torch.cat([phi, surface + u(surface)])
+            pts = phi if surface is None else torch.cat([phi, surface + u(surface.to(Xg))])
             for ob in self.obstacles:
-                depth = torch.maximum(depth, ob.penetration(pts)[0].max().reshape(1))
-            out["max_penetration"] = float(depth)
-            viol = [float((c.points + u(c.points) - c.target(c.points, step)).norm(dim=1).max())
-                    for c in self.constraints]
+                depth = max(depth, float(ob.penetration(pts)[0].max()))
+            out["max_penetration"] = depth
+            viol = []
+            for c in self.constraints:
+                cp = c.points.to(Xg)
+                viol.append(float((cp + u(cp) - c.target(cp, step)).norm(dim=1).max()))
         out["constraint_violation"] = max(viol) if viol else 0.0
         out["volume_change"] = float(det.mean()) - 1.0
         out["min_det_f"] = float(det.min())
