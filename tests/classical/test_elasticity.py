@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralnumerics.classical.elasticity import ElasticFEM, rectangle_mesh
+from neuralnumerics.classical.elasticity import ElasticFEM, box_mesh, rectangle_mesh
 from neuralnumerics.pde.hyperelastic import arap_energy, neo_hookean_energy, volume_energy
 
 F64 = torch.float64
@@ -103,7 +103,6 @@ def test_a_bar_stretched_to_twice_its_length_in_load_steps_thins_out_symmetrical
 
 
 def test_box_mesh_fills_the_box_with_positive_tetrahedra_and_passes_the_3d_patch_test():
-    from neuralnumerics.classical.elasticity import box_mesh
 
     V, T = box_mesh(3, 2, 2, lo=(0.0, 0.0, 0.0), hi=(1.5, 1.0, 2.0))
     assert V.shape == (36, 3) and T.shape == (72, 4)
@@ -138,3 +137,18 @@ def test_3d_patch_test_with_arap_and_a_volume_term():
     result = fem.solve_static(q0, boundary, tol=1e-10, newton="damped")
     assert result.converged
     torch.testing.assert_close(result.q, V @ A.T, rtol=0, atol=1e-9)
+
+
+def test_interpolate_is_exact_for_affine_deformations_in_2d_and_3d():
+    # a piecewise-linear interpolant reproduces any affine map, inside every element; the 3D mesh is large
+    # enough that the points go through several chunks
+    gen = torch.Generator().manual_seed(0)
+    for V, C in (rectangle_mesh(7, 5, crossed=True), box_mesh(18, 18, 18)):
+        d = V.shape[1]
+        A = torch.eye(d, dtype=torch.float64) + 0.3 * torch.randn(d, d, generator=gen, dtype=torch.float64)
+        c = torch.randn(d, generator=gen, dtype=torch.float64)
+        fem = ElasticFEM(V, C, arap_energy)
+        X = torch.rand(500, d, generator=gen, dtype=torch.float64) * 2 - 1
+        assert torch.allclose(fem.interpolate(V @ A.T + c, X), X @ A.T + c, atol=1e-12)
+    with pytest.raises(ValueError, match=r"points must be \(n, 3\)"):
+        fem.interpolate(V, X[:, :2])

@@ -335,13 +335,14 @@ class ElasticFEM:
         X = X.to(self.vertices.dtype)
         corners = self.vertices[self.cells]  # (E, d+1, d)
         out = torch.empty(X.shape[0], self.d, dtype=q.dtype)
-        for i in range(0, X.shape[0], 512):
-            rel = X[i:i + 512, None, :] - corners[None, :, 0]
+        chunk = max(1, 2**21 // self.cells.shape[0])  # points per pass: about 2M point-element pairs
+        for i in range(0, X.shape[0], chunk):
+            rel = X[i:i + chunk, None, :] - corners[None, :, 0]
             lam = torch.einsum("eij,nej->nei", self.Dm_inv, rel)  # barycentric coordinates 1..d
             lam = torch.cat([1 - lam.sum(-1, keepdim=True), lam], -1)  # (n, E, d+1)
             e = lam.min(-1).values.argmax(1)  # the element the point is most inside of
             w = lam[torch.arange(lam.shape[0]), e]
-            out[i:i + 512] = (w[:, :, None] * q[self.cells[e]]).sum(1)
+            out[i:i + chunk] = (w[:, :, None] * q[self.cells[e]]).sum(1)
         return out
 
     def lumped_masses(self, density: float = 1.0) -> torch.Tensor:

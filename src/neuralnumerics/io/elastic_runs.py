@@ -250,7 +250,7 @@ def _run_elastic_fem(rd, problem, config, device, dtype, resume, bar) -> None:
             q_start = q
             for k in range(1, substeps + 1):
                 targets = before + (after - before) * (k / substeps)
-                q, v_new, res = fem.step(q, v, dt, density=problem.density, gravity=g, obstacles=problem.obstacles,
+                q, _, res = fem.step(q, v, dt, density=problem.density, gravity=g, obstacles=problem.obstacles,
                                          contact_stiffness=problem.contact_stiffness, fixed=fixed, targets=targets,
                                          static=problem.static, tol=1e-9, max_iters=100,
                                          newton="damped" if problem.static else "projected")

@@ -321,11 +321,12 @@ class MeshBody(Body):
         corners = self.vertices[self.cells]
         T_inv = torch.linalg.inv((corners[:, 1:] - corners[:, :1]).mT)
         out = torch.zeros(x.shape[0], dtype=torch.bool)
-        for i in range(0, x.shape[0], 256):
-            rel = x[i:i + 256, None, :] - corners[None, :, 0]
+        chunk = max(1, 2**21 // self.cells.shape[0])  # points per pass: about 2M point-element pairs
+        for i in range(0, x.shape[0], chunk):
+            rel = x[i:i + chunk, None, :] - corners[None, :, 0]
             lam = torch.einsum("eij,nej->nei", T_inv, rel)
             inside = (lam >= -1e-12).all(-1) & (lam.sum(-1) <= 1 + 1e-12)
-            out[i:i + 256] = inside.any(1)
+            out[i:i + chunk] = inside.any(1)
         return out
 
     def sample(self, n, *, generator=None, quasi=True, dtype=F64):
