@@ -103,7 +103,6 @@ def test_a_bar_stretched_to_twice_its_length_in_load_steps_thins_out_symmetrical
 
 
 def test_box_mesh_fills_the_box_with_positive_tetrahedra_and_passes_the_3d_patch_test():
-
     V, T = box_mesh(3, 2, 2, lo=(0.0, 0.0, 0.0), hi=(1.5, 1.0, 2.0))
     assert V.shape == (36, 3) and T.shape == (72, 4)
     fem = ElasticFEM(V, T, lambda F: neo_hookean_energy(F, 1.0, 2.0))  # refuses inverted or degenerate tets
