@@ -180,7 +180,8 @@ def deviation(r: Result, converged: torch.Tensor) -> float | None:
     return float((r.displacement - converged).norm() / converged.norm())
 
 
-def build_report(args, threads, results: list[Result], converged: Result, check: Result, ref_run) -> str:
+def build_report(args, threads, results: list[Result], converged: Result, check: Result, ref_run,
+                 probe: torch.Tensor) -> str:
     ours = [r for r in results if r.name.startswith("ours")]
     ref = next((r for r in results if r.name == "reference"), None)
     rows = []
@@ -202,7 +203,6 @@ def build_report(args, threads, results: list[Result], converged: Result, check:
     if ref is not None and ref_run is not None and ref.seconds:
         lines += ["Time to equal accuracy: the reference's step seconds until its deviation first fell to ours "
                   f"(snapshots every {args.ref_snapshot_every} iterations):", ""]
-        probe = probe_points()
         for o in ours:
             if not o.seconds:
                 continue
@@ -274,7 +274,7 @@ def main(argv=None) -> int:
         results.append(ref)
     params = param_count(problem().default_field())
     if args.no_fem_equal:
-        report = build_report(args, threads, results, converged, check, ref_run)
+        report = build_report(args, threads, results, converged, check, ref_run, probe)
         print(report, flush=True)
         log(f"report written to {write_markdown(args.out_md, report)}")
         return 0
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
     for name, n, crossed in ((f"FEM plain {n_plain}x{n_plain} (equal memory)", n_plain, False),
                              (f"FEM crossed {n_crossed}x{n_crossed} (equal memory)", n_crossed, True)):
         results.append(fem_result(name, n, crossed, probe)[0])
-    report = build_report(args, threads, results, converged, check, ref_run)
+    report = build_report(args, threads, results, converged, check, ref_run, probe)
     print(report, flush=True)
     path = write_markdown(args.out_md, report)
     log(f"report written to {path}")

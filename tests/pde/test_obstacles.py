@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from neuralnumerics.pde.obstacles import Bowl, Plane, Sphere, collision_work, penalty_energy
+from neuralnumerics.pde.obstacles import Bowl, Plane, Sphere, collision_work, penalty_density, penalty_energy
 
 F64 = torch.float64
 
@@ -57,3 +57,13 @@ def test_bad_input_is_refused():
         penalty_energy(torch.zeros(3, 2), Plane(), -1.0)
     with pytest.raises(ValueError, match="qdot has shape"):
         collision_work(torch.zeros(3, 2), torch.zeros(2, 2), 0.1, Plane(), 1.0)
+
+
+def test_penalty_density_is_per_point_and_sums_over_obstacles():
+    q = torch.tensor([[0.0, -0.5], [0.0, 0.2], [0.0, -1.5]], dtype=torch.float64)
+    plane, sphere = Plane(0.0), Sphere((0.0, -1.0), 0.7)
+    dens = penalty_density(q, [plane, sphere], 10.0)
+    # depths below the plane: 0.5, 0, 1.5; inside the disc: 0.2, 0, 0.2
+    assert torch.allclose(dens, 5.0 * torch.tensor([0.5**2 + 0.2**2, 0.0, 1.5**2 + 0.2**2], dtype=torch.float64))
+    assert float(penalty_energy(q, plane, 10.0)) == pytest.approx(5.0 * (0.25 + 2.25))
+    assert float(penalty_density(q, [], 10.0).abs().sum()) == 0.0

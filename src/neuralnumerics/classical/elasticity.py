@@ -18,16 +18,16 @@ References:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable
-
-import math
 
 import numpy as np
 import torch
 from torch.func import hessian, vmap
 
 from ..pde.bodies import check_mesh
+from ..pde.obstacles import penalty_density
 
 __all__ = ["rectangle_mesh", "box_mesh", "ElasticFEM", "StaticResult"]
 
@@ -402,10 +402,7 @@ class ElasticFEM:
                 e = x.new_zeros(()) if g is None else -(m[:, None] * (x - self.vertices) * g).sum()
             else:
                 e = (m[:, None] / (2 * dt * dt) * (x - q_hat).square()).sum()
-            for ob in obstacles:
-                depth, _ = ob.penetration(x)
-                e = e + 0.5 * k * (w * depth.square()).sum()
-            return e
+            return e + (w * penalty_density(x, obstacles, k)).sum()
 
         def potential_hessian(x):
             H = sp.diags(np.repeat(m.numpy() / (dt * dt) * (not static), d))

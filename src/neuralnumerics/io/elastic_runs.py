@@ -15,7 +15,7 @@ from ..fields import jacobian, param_count
 from ..pde.bodies import MeshBody
 from ..pde.fit import FitConfig
 from ..pde.hyperelastic import _det, arap_energy
-from ..pde.obstacles import Plane, Sphere
+from ..pde.obstacles import Plane, Sphere, penalty_density
 from .plots import plot_deformed_2d, plot_points_3d
 
 __all__ = ["fem_for", "fem_diagnostics", "equal_memory_resolution"]
@@ -54,6 +54,7 @@ class _Pictures:
         self.limits = (lo - pad, hi + pad)
         self.floor = floor
         self.vmax = None
+        self.fem_surface = None
 
     def _save(self, path, points, strain, title):
         top = float(np.quantile(strain, 0.98)) if strain.size else 0.0
@@ -81,8 +82,9 @@ class _Pictures:
             self.tris = fem.cells
             self._save(path, q.cpu().numpy(), strain, title)
             return
-        body = MeshBody(fem.vertices, fem.cells)
-        surf = torch.unique(body.boundary_facets())
+        if self.fem_surface is None:  # the mesh's boundary vertices, found once per run
+            self.fem_surface = torch.unique(MeshBody(fem.vertices, fem.cells).boundary_facets())
+        surf = self.fem_surface
         per_vertex = torch.zeros(fem.vertices.shape[0], dtype=q.dtype)
         per_vertex.scatter_reduce_(0, fem.cells.reshape(-1), torch.from_numpy(strain).repeat_interleave(4),
                                    reduce="amax")
@@ -188,12 +190,8 @@ def fem_diagnostics(problem, fem, q, v, step) -> dict:
     vol = fem.volumes
     det = _det(F)
     m = fem.lumped_masses(problem.density)
-    depth = torch.zeros((), dtype=q.dtype)
-    contact = 0.0
-    for ob in problem.obstacles:
-        d, _ = ob.penetration(q)
-        depth = torch.maximum(depth, d.max())
-        contact += float(0.5 * problem.contact_stiffness * (m / problem.density * d.square()).sum())
+    depth = max((float(ob.penetration(q)[0].max()) for ob in problem.obstacles), default=0.0)
+    contact = float((m / problem.density * penalty_density(q, problem.obstacles, problem.contact_stiffness)).sum())
     g = problem.gravity if problem.gravity_on(max(step, 1)) else None
     viol = 0.0
     for c in problem.constraints:
@@ -203,7 +201,7 @@ def fem_diagnostics(problem, fem, q, v, step) -> dict:
     return {"elastic_energy": float((vol * problem.energy_density(F)).sum()), "contact_energy": contact,
             "kinetic_energy": 0.0 if problem.static else float(0.5 * (m[:, None] * v.square()).sum()),
             "gravity_energy": 0.0 if g is None else -float((m[:, None] * (q - fem.vertices) * q.new_tensor(g)).sum()),
-            "max_penetration": float(depth), "constraint_violation": viol,
+            "max_penetration": depth, "constraint_violation": viol,
             "volume_change": float((vol * det).sum() / vol.sum()) - 1.0, "min_det_f": float(det.min()),
             "center_of_mass": [float(x) for x in (m[:, None] * q).sum(0) / m.sum()]}
 

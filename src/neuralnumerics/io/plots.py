@@ -21,6 +21,14 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path) -> Path:
+    """Lay out, write and close ``fig``; returns ``path`` as a Path."""
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
 def plot_field_1d(path: str | Path, x: np.ndarray, values: np.ndarray, *, exact: np.ndarray | None = None,
                   title: str = "", ylim: tuple[float, float] | None = None, label: str = "INSR") -> Path:
     """Save a line plot of a 1D field (and the exact solution, dashed) to ``path`` (PNG)."""
@@ -36,10 +44,7 @@ def plot_field_1d(path: str | Path, x: np.ndarray, values: np.ndarray, *, exact:
     ax.set_xlabel("x")
     ax.set_ylabel("u")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_error_curve(path: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], *,
@@ -54,10 +59,7 @@ def plot_error_curve(path: str | Path, curves: dict[str, tuple[Sequence[float], 
     ax.set_title(title, fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_clouds_3d(path: str | Path, clouds: dict[str, np.ndarray], target: np.ndarray, *, limits=None,
@@ -80,10 +82,7 @@ def plot_clouds_3d(path: str | Path, clouds: dict[str, np.ndarray], target: np.n
         ax.set_yticklabels([])
         ax.set_zticklabels([])
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_grid_field(path: str | Path, values: np.ndarray, *, mask: np.ndarray | None = None, title: str = "",
@@ -100,10 +99,7 @@ def plot_grid_field(path: str | Path, values: np.ndarray, *, mask: np.ndarray | 
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def _draw_obstacles_2d(ax, obstacles, limits) -> None:
@@ -144,10 +140,7 @@ def plot_deformed_2d(path: str | Path, vertices: np.ndarray, triangles: np.ndarr
     ax.set_ylim(limits[0][1], limits[1][1])
     ax.set_aspect("equal")
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def plot_points_3d(path: str | Path, points: np.ndarray, strain: np.ndarray, *, floor: float | None = None,
@@ -170,10 +163,7 @@ def plot_points_3d(path: str | Path, points: np.ndarray, strain: np.ndarray, *, 
     ax.view_init(elev=18, azim=-60)
     fig.colorbar(art, ax=ax, label="strain |F - R|", shrink=0.7)
     ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, path)
 
 
 def write_animation(frames: Sequence[str | Path], path: str | Path, *, fps: int = 10) -> Path | None:

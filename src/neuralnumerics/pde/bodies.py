@@ -108,8 +108,13 @@ class Body(ABC):
         """A conforming linear simplex mesh ``(vertices (V, d), cells (E, d + 1))``, about ``resolution``
         elements' edges across the longest side of the bounding box."""
 
-    def config(self) -> dict:
-        return {"name": self.name}
+    def _box_mesh(self, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """A structured mesh of the bounding box, ``resolution`` cells along its longest side."""
+        from ..classical.elasticity import box_mesh, rectangle_mesh
+
+        size = [h - l for l, h in zip(self.lo, self.hi)]
+        counts = [max(1, round(resolution * s / max(size))) for s in size]
+        return rectangle_mesh(*counts, self.lo, self.hi) if self.dim == 2 else box_mesh(*counts, self.lo, self.hi)
 
     def _bbox_sample(self, n: int, generator, quasi: bool, dtype) -> torch.Tensor:
         """``n`` points inside by rejection from the bounding box."""
@@ -166,14 +171,7 @@ class BoxBody(Body):
         return torch.cat([self.face(a, s, per, dtype=dtype) for a in range(self.dim) for s in (0, 1)])
 
     def mesh(self, resolution):
-        from ..classical.elasticity import box_mesh, rectangle_mesh
-
-        size = [h - l for l, h in zip(self.lo, self.hi)]
-        counts = [max(1, round(resolution * s / max(size))) for s in size]
-        return (rectangle_mesh(*counts, self.lo, self.hi) if self.dim == 2 else box_mesh(*counts, self.lo, self.hi))
-
-    def config(self):
-        return {"name": self.name, "kind": "box", "lo": list(self.lo), "hi": list(self.hi)}
+        return self._box_mesh(resolution)
 
 
 class ImplicitBody(Body):
@@ -221,20 +219,13 @@ class ImplicitBody(Body):
     def mesh(self, resolution):
         """The elements of a structured background mesh of the bounding box whose centroids lie inside
         (a stair-stepped approximation of the body's boundary, as voxel-based solvers use)."""
-        from ..classical.elasticity import box_mesh, rectangle_mesh
-
-        size = [h - l for l, h in zip(self.lo, self.hi)]
-        counts = [max(1, round(resolution * s / max(size))) for s in size]
-        V, C = rectangle_mesh(*counts, self.lo, self.hi) if self.dim == 2 else box_mesh(*counts, self.lo, self.hi)
+        V, C = self._box_mesh(resolution)
         C = C[self.contains(V[C].mean(1))]
         if C.shape[0] == 0:
             raise ValueError(f"{self.name}: no element of a {resolution}-cell mesh lies inside the body; raise the "
                              "resolution")
         used, C = torch.unique(C, return_inverse=True)
         return V[used], C
-
-    def config(self):
-        return {"name": self.name, "kind": "implicit", "lo": list(self.lo), "hi": list(self.hi)}
 
 
 def disc(radius: float = 1.0, center=(0.0, 0.0)) -> ImplicitBody:
@@ -368,10 +359,6 @@ class MeshBody(Body):
 
     def mesh(self, resolution=None):
         return self.vertices, self.cells
-
-    def config(self):
-        return {"name": self.name, "kind": "mesh", "vertices": int(self.vertices.shape[0]),
-                "cells": int(self.cells.shape[0])}
 
 
 def load_mesh(path, dim: int | None = None, *, normalize: bool = False) -> MeshBody:

@@ -43,6 +43,7 @@ from .bodies import Body
 from .evolve import StepRecord, step_generator
 from .fit import FitConfig, FitReport, ResidualTerm, fit_field
 from .hyperelastic import _det, arap_energy, lame_parameters, neo_hookean_energy, volume_energy
+from .obstacles import penalty_density
 
 __all__ = ["Elasticity", "Constraint", "ElasticStepRecord", "ElasticTrajectory", "evolve_elastic",
            "MATERIALS", "paper_weights"]
@@ -186,11 +187,7 @@ class Elasticity:
         return phi, F
 
     def _contact_density(self, phi: torch.Tensor) -> torch.Tensor:
-        out = phi.new_zeros(phi.shape[0])
-        for ob in self.obstacles:
-            depth, _ = ob.penetration(phi)
-            out = out + 0.5 * self.contact_stiffness * depth.square()
-        return out
+        return penalty_density(phi, self.obstacles, self.contact_stiffness)
 
     def step_terms(self, u_prev: Callable, u_prev2: Callable | None, step: int, dt: float) -> list[ResidualTerm]:
         """The fit's terms for the step ending at ``step``: the body's incremental potential density (an energy
@@ -280,14 +277,6 @@ class Elasticity:
         out["min_det_f"] = float(det.min())
         out["center_of_mass"] = [float(v) for v in phi.mean(0)]
         return out
-
-    def config(self) -> dict:
-        return {"name": self.name, "body": self.body.config(), "material": self.material,
-                "arap_weight": self.arap_weight, "volume_weight": self.volume_weight, "young": self.young,
-                "poisson": self.poisson, "density": self.density, "gravity": self.gravity,
-                "force_steps": self.force_steps, "static": self.static, "contact_stiffness": self.contact_stiffness,
-                "obstacles": [repr(o) for o in self.obstacles], "constraints": [c.name for c in self.constraints],
-                "n_points": self.n_points}
 
 
 @dataclass

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Plane", "Sphere", "Bowl", "penalty_energy", "collision_work"]
+__all__ = ["Plane", "Sphere", "Bowl", "penalty_density", "penalty_energy", "collision_work"]
 
 
 def _check_points(q, who: str) -> torch.Tensor:
@@ -105,15 +105,25 @@ class Bowl:
         return depth, direction
 
 
+def penalty_density(q: torch.Tensor, obstacles, stiffness: float) -> torch.Tensor:
+    """``(N,)``: the penalty ``stiffness/2 depth_i(q)^2`` of each point, summed over the ``obstacles`` (a
+    sequence); per unit volume when the points are quadrature points of a body, as INSR and the
+    finite-element baseline use it."""
+    k = _positive(stiffness, "stiffness", "penalty_density")
+    out = q.new_zeros(q.shape[0])
+    for obstacle in obstacles:
+        depth, _ = obstacle.penetration(q)
+        out = out + 0.5 * k * depth.square()
+    return out
+
+
 def penalty_energy(q: torch.Tensor, obstacle, stiffness: float) -> torch.Tensor:
     """The penalty potential ``stiffness/2 sum_i depth_i(q)^2`` (a scalar); zero when nothing penetrates.
 
     Its negative gradient is the force ``stiffness * depth_i * n_i`` on each penetrating point ``i``, along
     the obstacle's outward direction ``n_i``.
     """
-    k = _positive(stiffness, "stiffness", "penalty_energy")
-    depth, _ = obstacle.penetration(q)
-    return 0.5 * k * depth.square().sum()
+    return penalty_density(q, (obstacle,), stiffness).sum()
 
 
 def collision_work(q: torch.Tensor, qdot: torch.Tensor, dt: float, obstacle, stiffness: float) -> torch.Tensor:
