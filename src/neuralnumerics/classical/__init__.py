@@ -3,6 +3,7 @@
 from .advection import SCHEMES, GridAdvection1D, GridTrajectory
 from .elasticity import ElasticFEM, StaticResult, box_mesh, rectangle_mesh
 from .fluid import StableFluids2D
+from .smoke import Smoke
 
-__all__ = ["GridAdvection1D", "GridTrajectory", "SCHEMES", "StableFluids2D", "ElasticFEM", "StaticResult",
+__all__ = ["GridAdvection1D", "GridTrajectory", "SCHEMES", "StableFluids2D", "Smoke", "ElasticFEM", "StaticResult",
            "rectangle_mesh", "box_mesh"]

@@ -10,7 +10,7 @@ import torch
 
 from ..linalg import PoissonGrid
 
-__all__ = ["tank_system", "OBSTACLES"]
+__all__ = ["tank_system", "smooth_field", "OBSTACLES"]
 
 OBSTACLES = ("disc", "box", "none")
 
@@ -57,6 +57,22 @@ def tank_system(shape: Sequence[int], *, obstacle: str = "disc", open_top: bool 
         solid = np.zeros(shape, dtype=bool)
     boundary = ["neumann"] * (len(shape) - 1) + [("neumann", "dirichlet" if open_top else "neumann")]
     op = PoissonGrid(shape, boundary=boundary, solid=solid, spacing=h, dtype=dtype, device=device)
+    field = smooth_field(shape, seed=seed, modes=modes).numpy()
+    field[solid] = 0.0
+    b = torch.as_tensor(field.reshape(-1), dtype=dtype, device=device)
+    if op.singular:
+        b = op.project_out_nullspace(b)
+    return op, b
+
+
+def smooth_field(shape: Sequence[int], *, seed: int = 0, modes: int = 8) -> torch.Tensor:
+    """A smooth random cell field: a sum of ``modes`` products of cosines, wave numbers 1-5 per axis.
+
+    Cells are of side ``1 / shape[0]``, centred; the field is float64 of shape ``shape``, fixed by ``seed``.
+    """
+    shape = tuple(int(s) for s in shape)
+    h = 1.0 / shape[0]
+    axes = np.meshgrid(*[(np.arange(s) + 0.5) * h for s in shape], indexing="ij")
     rng = np.random.default_rng(seed)
     field = np.zeros(shape)
     for _ in range(modes):
@@ -66,8 +82,4 @@ def tank_system(shape: Sequence[int], *, obstacle: str = "disc", open_top: bool 
         for a, kk, ph in zip(axes, k, phase):
             term = term * np.cos(math.pi * kk * a + ph)
         field += rng.normal() * term
-    field[solid] = 0.0
-    b = torch.as_tensor(field.reshape(-1), dtype=dtype, device=device)
-    if op.singular:
-        b = op.project_out_nullspace(b)
-    return op, b
+    return torch.from_numpy(field)
