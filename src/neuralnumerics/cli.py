@@ -1,7 +1,8 @@
-"""Command line: ``neuralnumerics list``, ``run SCENARIO``, ``solve PROBLEM`` and ``sequence FAMILY``.
+"""Command line: ``neuralnumerics list``, ``run``, ``solve``, ``sequence`` and ``train``.
 
-A thin layer over :func:`neuralnumerics.io.run_scenario`, :func:`neuralnumerics.io.linsolve.solve_tank` and
-:func:`neuralnumerics.io.linsolve.solve_family`; ``python -m neuralnumerics`` is the same.
+A thin layer over :func:`neuralnumerics.io.run_scenario`, :func:`neuralnumerics.io.linsolve.solve_system`,
+:func:`neuralnumerics.io.linsolve.solve_family` and :func:`neuralnumerics.io.dcdm_runs.train_dcdm_run`;
+``python -m neuralnumerics`` is the same.
 """
 
 from __future__ import annotations
@@ -45,16 +46,21 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--quiet", action="store_true", help="no progress bar and no summary on stdout")
 
     solve = sub.add_parser("solve", help="solve a linear system with several solvers and compare them",
-                           description="Solve the pressure Poisson system of a fluid tank (walls, an open top, "
-                                       "an obstacle) with each listed solver; print a summary and, with --out, "
-                                       "write summary.json, residuals.png and solution.png.")
-    solve.add_argument("problem", choices=["tank"], help="the system to solve")
+                           description="Solve a pressure Poisson system (tank: walls, an open top, an obstacle and "
+                                       "a smooth random right-hand side; smoke: a step of a smoke plume rising "
+                                       "past an obstacle) with each listed solver; print a summary and, with "
+                                       "--out, write summary.json, residuals.png and solution.png.")
+    solve.add_argument("problem", choices=["tank", "smoke"], help="the system to solve")
     solve.add_argument("--grid", default="128x128", help="cells per axis, e.g. 128x128 or 32x32x32")
-    solve.add_argument("--obstacle", default="disc", choices=["disc", "box", "none"])
+    solve.add_argument("--obstacle", choices=["disc", "sphere", "box", "blob", "none"],
+                       help="tank: disc, box or none (default disc); smoke: sphere, box, blob or none (default "
+                            "sphere)")
+    solve.add_argument("--step", type=int, default=10, help="smoke: the time step whose system is solved")
+    solve.add_argument("--model", help="the DCDM model file for --solver dcdm (from `neuralnumerics train dcdm`)")
     solve.add_argument("--closed", action="store_true", help="no open top (a singular, consistent system)")
     solve.add_argument("--solver", default="cg,cg+jacobi,cg+ic,gmres",
-                       help="comma-separated SOLVER[+PRECONDITIONER] (solvers: cg, gmres; preconditioners: "
-                            "jacobi, ic, amg)")
+                       help="comma-separated SOLVER[+PRECONDITIONER] (solvers: cg, gmres, dcdm; "
+                            "preconditioners: jacobi, ic, amg)")
     solve.add_argument("--rtol", type=float, default=1e-6, help="relative residual tolerance (default 1e-6)")
     solve.add_argument("--max-iters", type=int, help="iteration cap of each solve")
     solve.add_argument("--seed", type=int, default=0, help="fixes the right-hand side")
@@ -77,7 +83,75 @@ def _build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--threads", type=int, help="CPU threads for torch")
     seq.add_argument("--out", help="folder for summary.json and iterations.png")
     seq.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    train = sub.add_parser("train", help="train a learned solver (dcdm) into a run directory",
+                           description="Train DCDM's network on the pressure matrix of the smoke box (walls, open "
+                                       "top) from Ritz-vector right-hand sides, with checkpoints and --resume; "
+                                       "OUT/model.pt is loadable with DCDM(model=...) and `solve --model`.")
+    train.add_argument("method", choices=["dcdm"])
+    train.add_argument("--grid", default="64x64", help="training grid, e.g. 64x64 or 16x16x16 (default 64x64)")
+    train.add_argument("--obstacle", default="none", choices=["none", "sphere", "box", "blob"],
+                       help="obstacle in the training matrix (default none: the paper's empty box)")
+    train.add_argument("--closed", action="store_true", help="closed top (a singular training matrix)")
+    train.add_argument("--epochs", type=int, help="passes over the training set (default 1)")
+    train.add_argument("--minutes", type=float, help="stop after this many minutes (resumable with --resume)")
+    train.add_argument("--samples", type=int, help="size of the fixed training set (paper 20000; 0: a fresh "
+                                                   "vector for every batch entry, epochs of 1000 batches)")
+    train.add_argument("--batch-size", type=int, help="batch size (paper 10)")
+    train.add_argument("--lr", type=float, help="Adam learning rate")
+    train.add_argument("--lanczos-steps", type=int, help="Lanczos steps for the Ritz basis (default min(n, 1000))")
+    train.add_argument("--theta", type=int, help="the lowest steps/2 + theta Ritz vectors get 9x weight "
+                                                 "(default 5%% of the steps)")
+    train.add_argument("--width", type=int, help="channels of the network (paper 16)")
+    train.add_argument("--large", action="store_true", help="the paper's deeper '128' network (3/5/3 blocks)")
+    train.add_argument("--init", help="start from this saved model (fine-tuning)")
+    train.add_argument("--checkpoint-every", type=int, default=200, help="batches between checkpoints")
+    train.add_argument("--seed", type=int, default=0, help="fixes data, order and initial weights")
+    train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
+    train.add_argument("--threads", type=int, help="CPU threads for torch")
+    train.add_argument("--out", help="run directory (default runs/dcdm-GRID)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+def _train(parser, args, extra) -> int:
+    import torch
+
+    from .io import RunDirError
+    from .io.dcdm_runs import train_dcdm_run
+    from .io.linsolve import grid_shape
+    from .linalg.dcdm_training import DCDMTrainConfig
+
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        grid = grid_shape(args.grid)
+        fields = {"epochs": args.epochs, "samples": args.samples, "batch_size": args.batch_size, "lr": args.lr,
+                  "lanczos_steps": args.lanczos_steps, "theta": args.theta, "width": args.width}
+        if args.large:
+            fields.update(pre_blocks=3, mid_blocks=5, post_blocks=3)
+        config = DCDMTrainConfig(**{k: v for k, v in fields.items() if v is not None})
+        out = args.out or f"runs/dcdm-{args.grid}"
+        summary = train_dcdm_run(out, grid=grid, obstacle=args.obstacle, open_top=not args.closed, config=config,
+                                 seed=args.seed, minutes=args.minutes, checkpoint_every=args.checkpoint_every,
+                                 init=args.init, device=args.device, resume=args.resume, overwrite=args.overwrite,
+                                 progress=not args.quiet)
+    except (ValueError, RunDirError, FileNotFoundError, ImportError) as exc:
+        print(f"neuralnumerics: error: {exc}", file=sys.stderr)
+        return 2
+    ev = summary["evaluation"]
+    state = "finished" if summary["finished"] else "stopped by --minutes (continue with --resume)"
+    print(f"dcdm {args.grid}: {summary['epochs_done']}/{summary['epochs']} epochs, {state}; validation loss "
+          f"{summary['final_validation_loss']}")
+    print("  evaluation system to rtol {:g}: ".format(ev["rtol"])
+          + ", ".join(f"{k} {v['iterations']} iterations" for k, v in ev.items() if isinstance(v, dict)))
+    if summary["model"]:
+        print(f"written: {summary['model']} (use: neuralnumerics solve smoke --solver dcdm --model {summary['model']})")
+    return 0
 
 
 def _scenario_options(scenario, extra: list[str]) -> dict:
@@ -118,21 +192,21 @@ def _list() -> None:
 def _solve(parser, args, extra) -> int:
     import torch
 
-    from .io.linsolve import grid_shape, solve_tank
+    from .io.linsolve import grid_shape, solve_system
 
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
-        summary = solve_tank(grid_shape(args.grid), solvers=args.solver, obstacle=args.obstacle,
-                             open_top=not args.closed, rtol=args.rtol, max_iters=args.max_iters, seed=args.seed,
-                             device=args.device, out=args.out)
-    except (ValueError, ImportError) as exc:
+        summary = solve_system(args.problem, grid_shape(args.grid), solvers=args.solver, obstacle=args.obstacle,
+                               open_top=not args.closed, rtol=args.rtol, max_iters=args.max_iters, seed=args.seed,
+                               step=args.step, model=args.model, device=args.device, out=args.out)
+    except (ValueError, ImportError, FileNotFoundError) as exc:
         print(f"neuralnumerics: error: {exc}", file=sys.stderr)
         return 2
     p = summary["problem"]
-    print(f"tank {args.grid}: {p['unknowns']} unknowns, obstacle {p['obstacle']}, "
+    print(f"{args.problem} {args.grid}: {p['unknowns']} unknowns, obstacle {p['obstacle']}, "
           f"{'open top' if p['open_top'] else 'closed (singular)'}, rtol {p['rtol']:g}")
     print(f"  {'solver':<14}{'status':<11}{'iterations':>11}{'setup s':>10}{'solve s':>10}{'residual':>11}")
     for s in summary["solves"]:
@@ -188,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         return _solve(parser, args, extra)
     if args.command == "sequence":
         return _sequence(parser, args, extra)
+    if args.command == "train":
+        return _train(parser, args, extra)
 
     from ._status import StepDivergedError
     from .io import RunDirError, run_scenario

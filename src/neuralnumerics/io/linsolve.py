@@ -1,4 +1,4 @@
-"""``neuralnumerics solve``: solve a tank pressure system with several solvers, write a summary and pictures."""
+"""``neuralnumerics solve``: solve a pressure system (tank or smoke) with several solvers, write a summary and pictures."""
 
 from __future__ import annotations
 
@@ -8,15 +8,18 @@ from typing import Callable
 
 import numpy as np
 
-__all__ = ["SOLVERS", "PRECONDITIONERS", "parse_solver_specs", "solve_tank", "grid_shape", "FAMILIES",
+__all__ = ["SOLVERS", "PRECONDITIONERS", "PROBLEMS", "parse_solver_specs", "solve_tank", "solve_system", "grid_shape",
+           "FAMILIES",
            "SEQUENCE_SOLVERS", "solve_family"]
 
 
-def _solvers() -> dict[str, Callable]:
+def _solvers(model=None) -> dict[str, Callable]:
     from ..linalg import CG, GMRES
+    from ..linalg.dcdm import DCDM
 
     return {"cg": lambda rtol, cap: CG(rtol=rtol, max_iters=cap),
-            "gmres": lambda rtol, cap: GMRES(rtol=rtol, max_iters=cap)}
+            "gmres": lambda rtol, cap: GMRES(rtol=rtol, max_iters=cap),
+            "dcdm": lambda rtol, cap: DCDM(model, rtol=rtol, max_iters=cap)}
 
 
 def _preconditioners() -> dict[str, Callable]:
@@ -25,7 +28,8 @@ def _preconditioners() -> dict[str, Callable]:
     return {"jacobi": Jacobi, "ic": IncompleteCholesky, "amg": AMG}
 
 
-SOLVERS = ("cg", "gmres")
+SOLVERS = ("cg", "gmres", "dcdm")
+PROBLEMS = ("tank", "smoke")
 PRECONDITIONERS = ("jacobi", "ic", "amg")
 
 
@@ -51,34 +55,67 @@ def parse_solver_specs(text: str) -> list[tuple[str, str | None]]:
     return specs
 
 
-def solve_tank(grid: tuple[int, ...], *, solvers: str = "cg,cg+jacobi,cg+ic,gmres", obstacle: str = "disc",
-               open_top: bool = True, rtol: float = 1e-6, max_iters: int | None = None, seed: int = 0,
-               device: str | None = None, out: str | Path | None = None, plots: bool = True) -> dict:
-    """Solve one tank pressure system (:func:`~neuralnumerics.gallery.tanks.tank_system`) with each solver.
+def solve_tank(grid: tuple[int, ...], **kwargs) -> dict:
+    """:func:`solve_system` on the tank problem (kept for existing callers)."""
+    return solve_system("tank", grid, **kwargs)
+
+
+def solve_system(problem: str, grid: tuple[int, ...], *, solvers: str = "cg,cg+jacobi,cg+ic,gmres",
+                 obstacle: str | None = None, open_top: bool = True, rtol: float = 1e-6,
+                 max_iters: int | None = None, seed: int = 0, step: int = 10, model: str | Path | None = None,
+                 device: str | None = None, out: str | Path | None = None, plots: bool = True) -> dict:
+    """Solve one pressure system with each solver and compare them.
+
+    Args:
+        problem: ``"tank"`` (:func:`~neuralnumerics.gallery.tanks.tank_system`: a smooth random right-hand
+            side) or ``"smoke"`` (the pressure system of step ``step`` of a smoke plume rising past the
+            obstacle, :func:`~neuralnumerics.gallery.smoke.smoke_systems`).
+        grid: cells per axis.
+        solvers: comma-separated ``SOLVER[+PRECONDITIONER]`` (:func:`parse_solver_specs`).
+        obstacle: tank: ``disc``, ``box`` or ``none`` (default disc); smoke: ``sphere``, ``box``, ``blob``
+            or ``none`` (default sphere).
+        open_top, rtol, max_iters, seed: the system and the solves.
+        step: the smoke step whose system is solved.
+        model: the DCDM model file, needed by the ``dcdm`` solver.
+        device: ``cpu`` (default) or ``cuda``.
+        out: folder for ``summary.json`` and the pictures.
 
     Returns a summary (problem, and per solver: status, iterations, seconds, setup seconds, final relative
     residual, relative difference to the first solution that converged); with ``out``, writes ``summary.json``,
     ``residuals.png`` (residual histories) and ``solution.png`` (the pressure of the first solve that
     converged, or of the first solve when none did; the middle slice in 3D).
     Failed solves are reported with their status, never dropped.
+
+    Raises:
+        ValueError: on an unknown problem, solver, preconditioner or obstacle, or ``dcdm`` without a model.
+        FileNotFoundError: when the model file does not exist.
     """
     import time
 
     from .._status import Status
-    from ..gallery.tanks import tank_system
     from ..linalg import linear_solve
+    from ..linalg.dcdm import load_dcdm_model
 
     specs = parse_solver_specs(solvers)
+    if any(name == "dcdm" for name, _ in specs):
+        if model is None:
+            raise ValueError("the dcdm solver needs a trained model: pass --model PATH (make one with "
+                             "`neuralnumerics train dcdm --out DIR`, which writes DIR/model.pt)")
+        if any(name == "dcdm" and pre for name, pre in specs):
+            raise ValueError("dcdm takes no preconditioner: its network is the preconditioner")
+        model = load_dcdm_model(model)
     device = device or "cpu"
+    op, b = _system(problem, grid, obstacle=obstacle, open_top=open_top, seed=seed, step=step, device=device)
     out_dir = Path(out) if out is not None else None
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    op, b = tank_system(grid, obstacle=obstacle, open_top=open_top, seed=seed, device=device)
-    summary: dict = {"problem": {"grid": list(grid), "unknowns": op.shape[0], "obstacle": obstacle,
-                                 "open_top": open_top, "singular": op.singular, "rtol": rtol, "seed": seed},
+    summary: dict = {"problem": {"kind": problem, "grid": list(grid), "unknowns": op.shape[0],
+                                 "obstacle": obstacle or _DEFAULT_OBSTACLE[problem], "open_top": open_top,
+                                 "singular": op.singular, "rtol": rtol, "seed": seed,
+                                 **({"step": step} if problem == "smoke" else {})},
                      "solves": []}
     histories, reference = {}, None
-    makers, preconds = _solvers(), _preconditioners()
+    makers, preconds = _solvers(model), _preconditioners()
     for i, (name, pre) in enumerate(specs):
         label = name + (f"+{pre}" if pre else "")
         t0 = time.perf_counter()
@@ -103,7 +140,7 @@ def solve_tank(grid: tuple[int, ...], *, solvers: str = "cg,cg+jacobi,cg+ic,gmre
             from .plots import plot_error_curve, plot_grid_field
 
             plot_error_curve(out_dir / "residuals.png", histories, xlabel="iteration",
-                             ylabel="relative residual", title=f"tank {'x'.join(map(str, grid))}, rtol {rtol:g}")
+                             ylabel="relative residual", title=f"{problem} {'x'.join(map(str, grid))}, rtol {rtol:g}")
             field = (reference if reference is not None else first).reshape(grid)
             solid = op.solid.cpu().numpy()
             if len(grid) == 3:
@@ -111,6 +148,24 @@ def solve_tank(grid: tuple[int, ...], *, solvers: str = "cg,cg+jacobi,cg+ic,gmre
             plot_grid_field(out_dir / "solution.png", field, mask=solid, title="pressure",
                             label="p")
     return summary
+
+
+_DEFAULT_OBSTACLE = {"tank": "disc", "smoke": "sphere"}
+
+
+def _system(problem: str, grid, *, obstacle, open_top, seed, step, device):
+    if problem == "tank":
+        from ..gallery.tanks import tank_system
+
+        return tank_system(grid, obstacle=obstacle or "disc", open_top=open_top, seed=seed, device=device)
+    if problem == "smoke":
+        from ..gallery.smoke import smoke_systems
+
+        if isinstance(step, bool) or not isinstance(step, int) or step < 1:
+            raise ValueError(f"--step must be a positive integer, got {step!r}")
+        return smoke_systems(grid, obstacle=obstacle or "sphere", steps=step, open_top=open_top, seed=seed,
+                             device=device)[-1]
+    raise ValueError(f"unknown problem {problem!r}; choose from {', '.join(PROBLEMS)}")
 
 
 def grid_shape(text: str) -> tuple[int, ...]:
