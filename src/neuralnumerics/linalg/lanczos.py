@@ -29,7 +29,8 @@ def lanczos(op, steps: int, *, v0: torch.Tensor | None = None, reorthogonalize: 
         op: a symmetric operator, ``n x n``.
         steps: the most Lanczos vectors to build, ``1 <= steps <= n``.
         v0: starting vector ``(n,)`` (default: ``A g`` for a standard normal ``g``, which lies in the range
-            of ``A``, so a singular operator's null space is left out).
+            of ``A``; round-off can still bring a singular operator's null space back after many steps, which
+            :func:`ritz_pairs` drops by its cutoff).
         reorthogonalize: full reorthogonalisation (recommended; without it the basis loses orthogonality once
             Ritz values converge).
         generator: random generator for the default ``v0``.
