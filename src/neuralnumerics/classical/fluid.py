@@ -44,7 +44,44 @@ SOLVERS: dict[str, str] = {
 }
 
 
-class StableFluids2D:
+class _ProjectedFlow:
+    """What the grid flows share: the step bookkeeping and :meth:`run`."""
+
+    def _commit(self, k: int, dt: float, sol: Solution, b: torch.Tensor, start: float) -> None:
+        """Record a successful step ``k`` of size ``dt`` whose pressure solve was ``sol`` (right-hand side ``b``)."""
+        self._last_dt = dt
+        self.t += dt
+        self.steps = k
+        self.pressure_iterations.append(sol.stats.iterations)
+        if self.record_pressure:
+            self.pressure_systems.append((self.op, b))
+        self.step_seconds.append(time.perf_counter() - start)
+
+    def run(self, steps: int, dt: float, callback: Callable | None = None):
+        """Take ``steps`` steps of size ``dt``, calling ``callback(self)`` after each.
+
+        Args:
+            steps: number of steps, a non-negative integer.
+            dt: time step (see :meth:`step`).
+            callback: optional, called with the simulator after every step.
+
+        Returns:
+            ``self``.
+
+        Raises:
+            ValueError: on a bad ``steps`` or ``dt``.
+            StepDivergedError, LinearSolveError: as :meth:`step`.
+        """
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+            raise ValueError(f"{type(self).__name__}.run: steps must be a non-negative integer, got {steps!r}")
+        for _ in range(steps):
+            self.step(dt)
+            if callback is not None:
+                callback(self)
+        return self
+
+
+class StableFluids2D(_ProjectedFlow):
     """Stable fluids (semi-Lagrangian advection + pressure projection) for 2D Euler flow in a closed box.
 
     The box ``[lo[0], hi[0]] x [lo[1], hi[1]]`` is cut into ``nx = n`` by ``ny`` square cells of side
@@ -438,36 +475,7 @@ class StableFluids2D:
             raise StepDivergedError(f"StableFluids2D: step {k} (t={self.t + dt:g}) produced NaN or inf in the "
                                     f"projection; reduce dt or check the pressure solver", Status.DIVERGED, self)
         self.u, self.v, self.pressure = u, v, phi
-        self._last_dt = dt
-        self.t += dt
-        self.steps = k
-        self.pressure_iterations.append(sol.stats.iterations)
-        if self.record_pressure:
-            self.pressure_systems.append((self.op, b))
-        self.step_seconds.append(time.perf_counter() - start)
-        return self
-
-    def run(self, steps: int, dt: float, callback: Callable[[StableFluids2D], None] | None = None) -> StableFluids2D:
-        """Take ``steps`` steps of size ``dt``, calling ``callback(self)`` after each.
-
-        Args:
-            steps: number of steps, a non-negative integer.
-            dt: time step (see :meth:`step`).
-            callback: optional, called with this solver after every step.
-
-        Returns:
-            ``self``.
-
-        Raises:
-            ValueError: on a bad ``steps`` or ``dt``.
-            StepDivergedError, LinearSolveError: as :meth:`step`.
-        """
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"StableFluids2D.run: steps must be a non-negative integer, got {steps!r}")
-        for _ in range(steps):
-            self.step(dt)
-            if callback is not None:
-                callback(self)
+        self._commit(k, dt, sol, b, start)
         return self
 
     def __repr__(self) -> str:

@@ -30,6 +30,7 @@ from ..linalg.cg import CG, NotPositiveDefiniteError
 from ..linalg.operators import LinearOperator, as_operator
 from ..linalg.solve import LinearSolveError, LinearSolver, Solution, linear_solve
 from ..linalg.stencil import PoissonGrid
+from .fluid import _ProjectedFlow
 
 __all__ = ["Smoke"]
 
@@ -39,7 +40,7 @@ SOURCE_RADIUS = 0.08
 SOURCE_HEIGHT = 0.12
 
 
-class Smoke:
+class Smoke(_ProjectedFlow):
     """A buoyant smoke plume in a box with solid obstacles: semi-Lagrangian advection + pressure projection.
 
     The box ``[0, n_0 h] x ... x [0, n_{d-1} h]`` is cut into ``shape`` cells of side ``h`` (``d`` = 2 or
@@ -502,36 +503,7 @@ class Smoke:
                                     f"pressure solver ({type(self.solver).__name__})", Status.DIVERGED, self)
         self.u, self.density, self.pressure = u, density, phi
         self.solver_state = sol.state
-        self._last_dt = dt
-        self.t += dt
-        self.steps = k
-        self.pressure_iterations.append(sol.stats.iterations)
-        if self.record_pressure:
-            self.pressure_systems.append((self.op, b))
-        self.step_seconds.append(time.perf_counter() - start)
-        return self
-
-    def run(self, steps: int, dt: float, callback: Callable[[Smoke], None] | None = None) -> Smoke:
-        """Take ``steps`` steps of size ``dt``, calling ``callback(self)`` after each.
-
-        Args:
-            steps: number of steps, a non-negative integer.
-            dt: time step (see :meth:`step`).
-            callback: optional, called with this simulator after every step.
-
-        Returns:
-            ``self``.
-
-        Raises:
-            ValueError: on a bad ``steps`` or ``dt``.
-            StepDivergedError, LinearSolveError: as :meth:`step`.
-        """
-        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-            raise ValueError(f"Smoke.run: steps must be a non-negative integer, got {steps!r}")
-        for _ in range(steps):
-            self.step(dt)
-            if callback is not None:
-                callback(self)
+        self._commit(k, dt, sol, b, start)
         return self
 
     def __repr__(self) -> str:
