@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["linalg.md", "linalg_skr.md", "linalg_relax.md", "fluids.md", "curvature.md", "ot.md", "elasticity.md"]
+PAGES = ["linalg.md", "linalg_skr.md", "linalg_relax.md", "fluids.md", "curvature.md", "ot.md", "elasticity.md",
+         "dcdm.md"]
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -104,8 +104,6 @@ def _build_parser() -> argparse.ArgumentParser:
                                                  "(default 5%% of the steps)")
     train.add_argument("--width", type=int, help="channels of the network (paper 16)")
     train.add_argument("--large", action="store_true", help="the paper's deeper '128' network (3/5/3 blocks)")
-    train.add_argument("--levels", type=int, help="pooling levels of the network (paper 1; more see farther, "
-                                                  "for grids larger than the training grid)")
     train.add_argument("--init", help="start from this saved model (fine-tuning)")
     train.add_argument("--checkpoint-every", type=int, default=200, help="batches between checkpoints")
     train.add_argument("--seed", type=int, default=0, help="fixes data, order and initial weights")
@@ -133,8 +131,7 @@ def _train(parser, args, extra) -> int:
     try:
         grid = grid_shape(args.grid)
         fields = {"epochs": args.epochs, "samples": args.samples, "batch_size": args.batch_size, "lr": args.lr,
-                  "lanczos_steps": args.lanczos_steps, "theta": args.theta, "width": args.width,
-                  "levels": args.levels}
+                  "lanczos_steps": args.lanczos_steps, "theta": args.theta, "width": args.width}
         if args.large:
             fields.update(pre_blocks=3, mid_blocks=5, post_blocks=3)
         config = DCDMTrainConfig(**{k: v for k, v in fields.items() if v is not None})

@@ -339,9 +339,9 @@ def test_a_parameter_free_model_is_usable():
 
 # the network ------------------------------------------------------------------------------------------------------
 
-def n_params(dim, width=16, pre=2, mid=3, post=2, levels=1):
+def n_params(dim, width=16, pre=2, mid=3, post=2):
     k = 3 ** dim
-    hidden = 2 * (pre + mid + post) + 4 * (levels - 1)  # one residual block down and one up per extra level
+    hidden = 2 * (pre + mid + post)
     return (k * width + width) + hidden * (k * width * width + width) + (width + 1)
 
 
@@ -353,8 +353,6 @@ def test_parameter_count_of_the_papers_model():
     small = DCDMNet(2, width=4, pre_blocks=1, mid_blocks=0, post_blocks=0)
     assert sum(p.numel() for p in small.parameters()) == n_params(2, 4, 1, 0, 0)
     small(torch.randn(1, 1, 6, 6))  # the smallest configuration runs
-    deep = DCDMNet(2, levels=3)
-    assert sum(p.numel() for p in deep.parameters()) == n_params(2, levels=3)
 
 
 @pytest.mark.parametrize("grid", [(8, 8), (7, 9), (5, 6), (1, 3), (6, 6, 6), (5, 7, 6), (3, 3, 3)])
@@ -364,16 +362,6 @@ def test_output_shape_equals_input_shape(grid, channel):
     x = torch.randn(2, *((1,) if channel else ()), *grid)
     y = net(x)
     assert y.shape == x.shape and bool(torch.isfinite(y).all())
-
-
-@pytest.mark.parametrize("dim,grid,levels", [(2, (5, 6), 2), (2, (9, 7), 3), (2, (8, 8), 3), (3, (5, 6, 7), 2)])
-def test_deeper_networks_keep_the_shape(dim, grid, levels):
-    # sizes that are not multiples of 2^levels are padded and cropped
-    net = random_net(dim, levels=levels, width=4)
-    x = torch.randn(2, 1, *grid)
-    y = net(x)
-    assert y.shape == x.shape and bool(torch.isfinite(y).all())
-    assert net(x[:, 0]).shape == x[:, 0].shape
 
 
 def test_batch_entries_are_independent():
@@ -392,7 +380,7 @@ def test_bad_input_shape(dim, shape):
 
 
 @pytest.mark.parametrize("kw", [{"dim": 1}, {"dim": 4}, {"width": 0}, {"width": True}, {"pre_blocks": 0},
-                                {"mid_blocks": -1}, {"post_blocks": 1.5}, {"levels": 0}])
+                                {"mid_blocks": -1}, {"post_blocks": 1.5}])
 def test_bad_constructor_arguments(kw):
     args = {"dim": 2, **kw}
     with pytest.raises(ValueError):
@@ -535,24 +523,6 @@ def test_save_load_round_trip(tmp_path, dim):
     with torch.no_grad():
         assert torch.equal(loaded(x), net(x))
     assert load_dcdm_model(path).config() == net.config()  # without metadata: the model alone
-
-
-def test_deeper_model_round_trip_and_a_file_from_before_levels(tmp_path):
-    deep = perturbed_net(2, width=4, levels=2)
-    loaded = load_dcdm_model(save_dcdm_model(deep, tmp_path / "deep.pt"))
-    assert loaded.config() == deep.config() and loaded.config()["levels"] == 2
-    x = torch.randn(1, 1, 10, 10)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), deep(x))
-    # a file whose config predates the levels option loads as the paper's one-level network
-    net = perturbed_net(2)
-    payload = torch.load(save_dcdm_model(net, tmp_path / "m.pt"), weights_only=True)
-    payload["config"].pop("levels", None)
-    torch.save(payload, tmp_path / "old.pt")
-    old = load_dcdm_model(tmp_path / "old.pt")
-    assert old.config() == net.config()
-    with torch.no_grad():
-        assert torch.equal(old(x), net(x))
 
 
 def test_dcdm_accepts_a_saved_model_path(tmp_path):

@@ -41,35 +41,28 @@ class DCDMNet(nn.Module):
     per-cell linear map to one channel. Weights start Glorot-uniform and biases at zero, as in Keras. The
     defaults are the paper's "64" model (97,457 parameters in 3D); ``pre_blocks=3, mid_blocks=5,
     post_blocks=3`` is its "128" model. The network is fully convolutional, so weights trained on one grid
-    apply to any other (sizes that are not multiples of ``2^levels`` are padded with zero cells and cropped).
-
-    ``levels > 1`` (not in the paper) inserts further pooling levels between the full resolution and the
-    ``mid_blocks``, each with one residual block on the way down and one on the way up (U-Net skips), so the
-    receptive field grows like ``2^levels``: the paper's one level sees about 22 cells each way, which is
-    local on grids much larger than the training grid.
+    apply to any other (odd sizes are padded by one zero cell and cropped).
 
     Args:
         dim: 2 or 3.
         width: channels of every hidden layer.
-        pre_blocks, mid_blocks, post_blocks: residual blocks before pooling, at the coarsest resolution,
-            after the last upsampling (``pre_blocks >= 1``, the others ``>= 0``).
-        levels: pooling levels (the paper's 1).
+        pre_blocks, mid_blocks, post_blocks: residual blocks before pooling, at half resolution, after
+            upsampling (``pre_blocks >= 1``, the others ``>= 0``).
 
     Input and output: ``(batch, 1, *grid)`` or ``(batch, *grid)`` (then the output has no channel axis).
     """
 
     def __init__(self, dim: int = 2, *, width: int = 16, pre_blocks: int = 2, mid_blocks: int = 3,
-                 post_blocks: int = 2, levels: int = 1) -> None:
+                 post_blocks: int = 2) -> None:
         super().__init__()
         if dim not in (2, 3):
             raise ValueError(f"DCDMNet: dim must be 2 or 3, got {dim!r}")
         for name, v, low in (("width", width, 1), ("pre_blocks", pre_blocks, 1), ("mid_blocks", mid_blocks, 0),
-                             ("post_blocks", post_blocks, 0), ("levels", levels, 1)):
+                             ("post_blocks", post_blocks, 0)):
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"DCDMNet: {name} must be an integer >= {low}, got {v!r}")
         self.dim, self.width = dim, width
         self.pre_blocks, self.mid_blocks, self.post_blocks = pre_blocks, mid_blocks, post_blocks
-        self.levels = levels
         conv = nn.Conv2d if dim == 2 else nn.Conv3d
 
         def layer(cin: int = width) -> nn.Module:
@@ -79,8 +72,6 @@ class DCDMNet(nn.Module):
         self.pre = nn.ModuleList(layer() for _ in range(2 * pre_blocks))
         self.mid = nn.ModuleList(layer() for _ in range(2 * mid_blocks))
         self.post = nn.ModuleList(layer() for _ in range(2 * post_blocks))
-        self.down = nn.ModuleList(layer() for _ in range(2 * (levels - 1)))
-        self.up = nn.ModuleList(layer() for _ in range(2 * (levels - 1)))
         self.out = conv(width, 1, 1)
         for m in self.modules():  # the paper's (Keras) initialisation: Glorot-uniform weights, zero biases
             if isinstance(m, (nn.Conv2d, nn.Conv3d)):
@@ -90,7 +81,7 @@ class DCDMNet(nn.Module):
     def config(self) -> dict[str, int]:
         """The constructor arguments (what :func:`save_dcdm_model` stores to rebuild the network)."""
         return {"dim": self.dim, "width": self.width, "pre_blocks": self.pre_blocks,
-                "mid_blocks": self.mid_blocks, "post_blocks": self.post_blocks, "levels": self.levels}
+                "mid_blocks": self.mid_blocks, "post_blocks": self.post_blocks}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         squeeze = x.ndim == self.dim + 1
@@ -100,8 +91,7 @@ class DCDMNet(nn.Module):
             raise ValueError(f"DCDMNet({self.dim}D): expected input (batch, 1, *grid) or (batch, *grid) with "
                              f"{self.dim} grid axes, got shape {tuple(x.shape)}")
         grid = x.shape[2:]
-        unit = 2 ** self.levels
-        pad = [-s % unit for s in grid]
+        pad = [s % 2 for s in grid]
         if any(pad):  # F.pad takes the last axis first
             x = F.pad(x, [p for s in reversed(pad) for p in (0, s)])
         a = F.relu(self.pre[0](self.inp(x)))
@@ -110,14 +100,8 @@ class DCDMNet(nn.Module):
             a = F.relu(self.pre[i](b)) + a
             b = F.relu(self.pre[i + 1](a))
         pool = F.avg_pool2d if self.dim == 2 else F.avg_pool3d
-        skips, c = [b], b
-        for i in range(0, len(self.down), 2):
-            c = _residual_blocks(self.down[i:i + 2], pool(c, 2))
-            skips.append(c)
-        c = _residual_blocks(self.mid, pool(c, 2))
-        for i in range(len(self.up) - 2, -1, -2):
-            c = _residual_blocks(self.up[i:i + 2], F.interpolate(c, scale_factor=2, mode="nearest") + skips.pop())
-        c = F.interpolate(c, scale_factor=2, mode="nearest") + skips.pop()
+        c = _residual_blocks(self.mid, pool(b, 2))
+        c = F.interpolate(c, scale_factor=2, mode="nearest") + b
         c = _residual_blocks(self.post, c)
         y = self.out(c)
         if any(pad):

@@ -44,8 +44,8 @@ class DCDMTrainConfig:
         lr: Adam learning rate [1e-4].
         epochs: passes over the training set (with ``samples=0``: blocks of 1000 batches).
         validation: held-out vectors on which the loss is reported after each epoch.
-        width, pre_blocks, mid_blocks, post_blocks, levels: the network (:class:`DCDMNet`; the defaults are
-            the paper's "64" model).
+        width, pre_blocks, mid_blocks, post_blocks: the network (:class:`DCDMNet`; the defaults are the
+            paper's "64" model).
         eval_rtol: the relative residual at which each epoch's DCDM solve of the evaluation system stops.
     """
 
@@ -61,12 +61,11 @@ class DCDMTrainConfig:
     pre_blocks: int = 2
     mid_blocks: int = 3
     post_blocks: int = 2
-    levels: int = 1
     eval_rtol: float = 1e-4
 
     def __post_init__(self) -> None:
         ints = {"samples": 0, "batch_size": 1, "epochs": 1, "validation": 1, "width": 1, "pre_blocks": 1,
-                "mid_blocks": 0, "post_blocks": 0, "levels": 1}
+                "mid_blocks": 0, "post_blocks": 0}
         for name, low in ints.items():
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
@@ -145,7 +144,7 @@ class DCDMTrainer:
             with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's generator
                 torch.manual_seed(self.seed)
                 model = DCDMNet(dim, width=config.width, pre_blocks=config.pre_blocks, mid_blocks=config.mid_blocks,
-                                post_blocks=config.post_blocks, levels=config.levels)
+                                post_blocks=config.post_blocks)
         elif model.dim != dim:
             raise ValueError(f"DCDMTrainer: the model is {model.dim}D and the operator {dim}D")
         self.model = model.to(op.device).float()
