@@ -20,6 +20,15 @@ row shows the residual instead of a time. Setup (factorisation, AMG hierarchy, L
 from the solve; DCDM has no setup (the model is loaded once per dimension and not counted). Without a
 model, DCDM rows are left out and the report says so.
 
+Beside the reference (``--reference PATH`` to a local copy of github.com/ayano721/2023_DCDM, and
+``--reference-site DIR`` holding tensorflow-cpu 2.15 if it is not installed): the paper's code is 3D only.
+Both implementations train the paper's "64" network on the same training vectors (our Ritz vectors of
+the empty smoke box at ``--ref-grid``, written as its ``.npy`` files), with the same epochs, batch size and
+learning rate, each with its own training loop (the reference's ``train.py``); then each solves the same
+3D smoke systems with its own DCDM iteration (the reference's ``test_all_cg.py``) to relative residual
+1e-4 within 100 iterations (the reference's cap). Printed: training seconds per vector, final training
+loss, and per system iterations, seconds and the true relative residual.
+
 The paper's own tables (iterations per example and size) could not be read on this machine, so they are
 not printed; ``docs/benchmarks/dcdm.md`` says what is compared instead.
 """
@@ -36,6 +45,8 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+import torch  # noqa: E402
+
 
 from _common import (REPO_ROOT, fmt_seconds, log, machine_header, markdown_table, pin_threads,  # noqa: E402
                      write_markdown)
@@ -49,8 +60,11 @@ DEFLATION_VECTORS = 16
 DEFLATION_LANCZOS = 64
 
 
-def solvers(model, have_amg: bool):
-    """``(name, setup(op, b) -> (solver, M, state))`` for every compared method."""
+def solvers(dcdms, have_amg: bool):
+    """``(name, setup(op, b, rtol) -> (solver, M, state))`` for every compared method.
+
+    ``dcdms``: ``(label, model, n_orth)`` for each DCDM row.
+    """
     from neuralnumerics.linalg import AMG, CG, IncompleteCholesky, Jacobi, RecycledCG, RecycleSpace
     from neuralnumerics.linalg.dcdm import DCDM
     from neuralnumerics.linalg.lanczos import ritz_pairs
@@ -61,9 +75,10 @@ def solvers(model, have_amg: bool):
                              values[:DEFLATION_VECTORS], "RecycledCG")
         return RecycledCG(k=DEFLATION_VECTORS, directions=0, rtol=rtol, max_iters=20000), Jacobi(op), space
 
-    out = []
-    if model is not None:
-        out.append(("DCDM", lambda op, b, rtol: (DCDM(model, rtol=rtol, max_iters=2000), None, None)))
+    def dcdm(model, n_orth):
+        return lambda op, b, rtol: (DCDM(model, n_orth=n_orth, rtol=rtol, max_iters=2000), None, None)
+
+    out = [(label, dcdm(model, n_orth)) for label, model, n_orth in dcdms]
     out += [("CG", lambda op, b, rtol: (CG(rtol=rtol, max_iters=20000), None, None)),
             ("IC(0)-PCG", lambda op, b, rtol: (CG(rtol=rtol, max_iters=20000), IncompleteCholesky(op), None))]
     if have_amg:
@@ -72,7 +87,7 @@ def solvers(model, have_amg: bool):
     return out
 
 
-def run_case(shape, scene: str, step: int, models: dict, have_amg: bool) -> list[list]:
+def run_case(shape, scene: str, step: int, dcdms: list, have_amg: bool) -> list[list]:
     from neuralnumerics.gallery import smoke_systems
     from neuralnumerics.linalg import linear_solve
 
@@ -80,7 +95,7 @@ def run_case(shape, scene: str, step: int, models: dict, have_amg: bool) -> list
     op, b = smoke_systems(shape, obstacle=scene, steps=step)[-1]
     log(f"  {'x'.join(map(str, shape))} {scene}: system in {time.perf_counter() - t0:.1f} s")
     rows = []
-    for name, make in solvers(models.get(len(shape)), have_amg):
+    for name, make in solvers([d for d in dcdms if d[1].dim == len(shape)], have_amg):
         cells = []
         for rtol in TOLERANCES:
             t0 = time.perf_counter()
@@ -99,28 +114,123 @@ def run_case(shape, scene: str, step: int, models: dict, have_amg: bool) -> list
     return rows
 
 
+def beside_reference(args) -> str:
+    """Train the paper's network with both implementations on the same vectors; solve the same systems."""
+    import _dcdm_reference as ref
+
+    from neuralnumerics.gallery import smoke_systems
+    from neuralnumerics.io.dcdm_runs import training_operator
+    from neuralnumerics.linalg import DCDM, DCDMTrainConfig, DCDMTrainer, linear_solve
+
+    samples, epochs = (100, 2) if args.quick else (args.ref_samples, args.ref_epochs)
+    grid = (8 if args.quick else args.ref_grid,) * 3
+    sizes = [8] if args.quick else [int(v) for v in args.ref_sizes.split(",") if v]
+    missing = ref.missing_dependencies(args.reference_site)
+    if missing:
+        return (f"## Beside the reference\n\nNot run: {', '.join(missing)} not importable for the reference; pass "
+                "--reference-site DIR with tensorflow-cpu 2.15 (pip install --target DIR tensorflow-cpu==2.15.1)\n")
+    op = training_operator(grid)
+    config = DCDMTrainConfig(samples=samples, epochs=epochs, batch_size=10, lr=args.ref_lr,
+                             lanczos_steps=min(1000, op.shape[0]))
+    ours = DCDMTrainer(op, config, seed=0)
+    ours.evaluate = lambda: {}  # no per-epoch evaluation solve: the reference's loop has none
+    vectors = ours.training_vectors(torch.arange(samples))
+    systems = []
+    for n in sizes:
+        sop, b = smoke_systems((n,) * 3, obstacle="sphere", steps=5)[-1]
+        systems.append((f"{n}^3 sphere", sop, b))
+    log(f"reference: training on {samples} vectors x {epochs} epochs at {grid}")
+    theirs = ref.run_reference(args.reference, site=args.reference_site, train_matrix=op.to_scipy(),
+                               train_rhs=vectors.cpu().numpy(), grid=grid, epochs=epochs, batch_size=10,
+                               lr=args.ref_lr, rtol=1e-4, max_iters=100, timeout=args.ref_timeout,
+                               test_systems=[(name, s.grid_shape, s.to_scipy(), b.cpu().numpy())
+                                             for name, s, b in systems])
+    log("ours: the same training")
+    losses = []
+    for _ in range(epochs):
+        while not ours.end_of_epoch():
+            ours.train_batch()
+        losses.append(ours.finish_epoch())
+    our_seconds = sum(r["seconds"] for r in losses)
+    t = theirs["train"]
+    rows = [["training seconds per vector", f"{our_seconds / (samples * epochs):.4f}",
+             f"{t['seconds_per_sample']:.4f}"],
+            ["final training loss (mean of the last epoch)", f"{losses[-1]['train_loss']:.4f}",
+             f"{t['final_loss']:.4f}"]]
+    for name, sop, b in systems:
+        sol = linear_solve(sop, b, DCDM(ours.model, rtol=1e-4, max_iters=100), throw=False)
+        true = float((b - sop.mv(sol.x)).norm() / b.norm())
+        r = theirs["solves"][name]
+        rows.append([f"{name}: iterations to 1e-4 (cap 100)", sol.stats.iterations, r["iterations"]])
+        rows.append([f"{name}: solve seconds", fmt_seconds(sol.stats.seconds), fmt_seconds(r["seconds"])])
+        rows.append([f"{name}: true relative residual", f"{true:.1e}", f"{r['true_residual']:.1e}"])
+    v = theirs["versions"]
+    lines = ["## Beside the reference", "",
+             f"Both train the paper's 3D network (97,457 weights) on the same {samples} Ritz vectors of the empty "
+             f"{'x'.join(map(str, grid))} smoke box for {epochs} epochs (batch 10, Adam, lr {args.ref_lr:g}), each "
+             "with its own loop, then solve the same smoke systems with their own DCDM iteration (n_orth 2, "
+             "residual recomputed). Reference: tensorflow "
+             f"{v.get('tensorflow')}, keras {v.get('keras')}; its training seconds are train.py's own timer, its "
+             "solve seconds test_all_cg.py's.", "",
+             "Patches applied to a scratch copy of the reference:", ""]
+    lines += [f"- {p}" for p in theirs["patches"]]
+    lines += ["", markdown_table(["", "ours", "reference"], rows)]
+    return "\n".join(lines) + "\n"
+
+
+def _epoch_vectors(config: dict) -> int:
+    """Training vectors per epoch: the fixed set, or 1000 batches of fresh ones."""
+    return config.get("samples") or 1000 * config.get("batch_size", 10)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model-2d", type=Path, help="DCDM model for the 2D systems")
     parser.add_argument("--model-3d", type=Path, help="DCDM model for the 3D systems")
+    parser.add_argument("--extra-model", action="append", default=[], metavar="LABEL=PATH",
+                        help="another DCDM model to compare (e.g. one trained for less time); repeatable")
+    parser.add_argument("--n-orth", default="2", help="DCDM's n_orth values, comma-separated (paper 2)")
     parser.add_argument("--sizes-2d", default="64,128,256,512", help="cells per side of the 2D grids")
     parser.add_argument("--sizes-3d", default="32,64", help="cells per side of the 3D grids")
     parser.add_argument("--scenes", default=",".join(SCENES), help="obstacles, comma-separated")
     parser.add_argument("--step", type=int, default=10, help="the smoke step whose system is solved")
     parser.add_argument("--quick", action="store_true", help="32x32 and 16^3 only (seconds)")
+    parser.add_argument("--reference", type=Path, help="local copy of github.com/ayano721/2023_DCDM")
+    parser.add_argument("--reference-site", type=Path, help="directory with tensorflow-cpu 2.15 for the reference")
+    parser.add_argument("--ref-grid", type=int, default=16, help="3D training grid of the side-by-side run")
+    parser.add_argument("--ref-samples", type=int, default=2000, help="training vectors (both implementations)")
+    parser.add_argument("--ref-epochs", type=int, default=10, help="passes over them")
+    parser.add_argument("--ref-lr", type=float, default=1e-3, help="Adam learning rate (both)")
+    parser.add_argument("--ref-sizes", default="16,32", help="3D smoke systems solved by both")
+    parser.add_argument("--ref-timeout", type=float, default=7200)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out-md", type=Path, default=None)
     args = parser.parse_args(argv)
     threads = pin_threads(args.threads)
     from neuralnumerics.linalg.dcdm import load_dcdm_model
 
-    models, trained = {}, {}
-    for dim, path in ((2, args.model_2d), (3, args.model_3d)):
-        if path is not None:
-            models[dim], meta = load_dcdm_model(path, return_metadata=True)
-            if models[dim].dim != dim:
-                raise SystemExit(f"--model-{dim}d {path} is a {models[dim].dim}D model")
-            trained[dim] = meta
+    named = [("", args.model_2d, 2), ("", args.model_3d, 3)]
+    for item in args.extra_model:
+        label, _, path = item.partition("=")
+        if not path:
+            raise SystemExit(f"--extra-model takes LABEL=PATH, got {item!r}")
+        named.append((label, Path(path), None))
+    dcdms, described = [], []
+    n_orths = [int(v) for v in args.n_orth.split(",") if v]
+    for label, path, dim in named:
+        if path is None:
+            continue
+        model, meta = load_dcdm_model(path, return_metadata=True)
+        if dim is not None and model.dim != dim:
+            raise SystemExit(f"--model-{dim}d {path} is a {model.dim}D model")
+        for k in n_orths:
+            name = "DCDM" + (f" {label}" if label else "") + (f" n_orth={k}" if len(n_orths) > 1 or k != 2 else "")
+            dcdms.append((name, model, k))
+        what = "no training record in the file" if not meta else (
+            f"trained on {'x'.join(map(str, meta.get('trained_grid', [])))}, obstacle {meta.get('obstacle')}, "
+            f"{meta.get('epochs')} epochs of {_epoch_vectors(meta.get('config', {}))} vectors, validation loss "
+            f"{meta.get('validation_loss')}")
+        described.append(f"DCDM {model.dim}D model{' ' + label if label else ''}: {path} ({what})")
     try:
         import pyamg  # noqa: F401
 
@@ -136,27 +246,25 @@ def main(argv=None) -> int:
     rows = []
     for shape in shapes:
         for scene in scenes:
-            rows += run_case(shape, scene, 3 if args.quick else args.step, models, have_amg)
+            rows += run_case(shape, scene, 3 if args.quick else args.step, dcdms, have_amg)
     extra = [f"Systems: smoke_systems(shape, obstacle=scene, steps={3 if args.quick else args.step})[-1] "
              "(walls, open top; float64)",
              "Stopping rule: relative residual 1e-4 and 1e-6 (separate solves); check: true relative residual at "
              "most twice the tolerance, else ✗ and the residual replace the time",
              "Setup: preconditioner construction (IC(0) factorisation, AMG hierarchy) or, for deflated PCG, "
              f"{DEFLATION_LANCZOS} Lanczos steps from b and its {DEFLATION_VECTORS} lowest Ritz vectors"]
+    extra += described
     for dim in (2, 3):
-        if dim in models:
-            meta = trained[dim]
-            extra.append(f"DCDM {dim}D model: {getattr(args, f'model_{dim}d')} (trained on "
-                         f"{'x'.join(map(str, meta.get('trained_grid', [])))}, obstacle {meta.get('obstacle')}, "
-                         f"{meta.get('epochs')} epochs, validation loss {meta.get('validation_loss')})")
-        else:
+        if not any(model.dim == dim for _, model, _ in dcdms):
             extra.append(f"DCDM {dim}D: no model given (--model-{dim}d), so no DCDM rows in {dim}D")
     if not have_amg:
         extra.append("PyAMG is not installed, so the AMG-PCG rows are missing")
     header = machine_header(TITLE, threads=threads, extra=extra)
     table = markdown_table(["grid", "obstacle", "solver", "its 1e-4", "setup 1e-4", "solve 1e-4",
                             "its 1e-6", "setup 1e-6", "solve 1e-6"], rows)
-    text = header + "\n" + table
+    text = header + "\n## Iterations and seconds\n\n" + table
+    if args.reference is not None:
+        text += "\n" + beside_reference(args)
     print(text)
     out = args.out_md or (QUICK_OUT if args.quick else DEFAULT_OUT)
     write_markdown(out, text)

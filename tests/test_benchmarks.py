@@ -64,6 +64,22 @@ def test_linalg_poisson_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_dcdm_quick(tmp_path):
+    """A model trained for seconds by the CLI, then the quick benchmark: every solver reaches its tolerance."""
+    from neuralnumerics.cli import main
+
+    run = tmp_path / "run"
+    assert main(["train", "dcdm", "--grid", "16x16", "--samples", "3000", "--lr", "1e-3", "--lanczos-steps", "120",
+                 "--quiet", "--threads", "1", "--out", str(run)]) == 0
+    proc, out_md = _run_quick("dcdm.py", tmp_path, "--model-2d", str(run / "model.pt"))
+    out = _check_quick_report(proc, out_md, "DCDM on smoke pressure systems", "dcdm.py")
+    for row in ("| 32x32 | sphere | DCDM |", "| 32x32 | blob | IC(0)-PCG |", "| 16x16x16 | blob | deflated PCG |"):
+        assert row in out, row
+    assert "✗" not in out.split("| grid |", 1)[1]  # every solve passed the true-residual check
+    assert "DCDM 3D: no model given" in out
+
+
+@pytest.mark.slow
 def test_skr_quick(tmp_path):
     proc, out_md = _run_quick("skr.py", tmp_path)
     out = _check_quick_report(proc, out_md, "SKR (sorting + Krylov subspace recycling)", "skr.py")

@@ -205,6 +205,18 @@ def test_bad_arguments_are_rejected_before_anything_runs(tmp_path, kwargs, match
         dref.run_reference(tmp_path / "nowhere", **args)
 
 
+def test_a_failing_reference_raises_with_its_log(checkout, tmp_path):
+    # a site whose "tensorflow" fails to import: the probe finds it, the driver dies, the error carries its stderr
+    site = tmp_path / "site"
+    for mod in ("tensorflow", "h5py"):
+        (site / mod).mkdir(parents=True)
+        (site / mod / "__init__.py").write_text(f"raise ImportError('stub {mod} for a test: boom')\n")
+    A = poisson3d(4)
+    with pytest.raises(RuntimeError, match=r"(?s)exited with code 1 during training.*stub tensorflow for a test: boom"):
+        dref.run_reference(checkout, site=site, train_matrix=A, train_rhs=np.ones((10, 64), np.float32),
+                           grid=(4, 4, 4), batch_size=1, timeout=120, poll_seconds=0.2)
+
+
 def test_driver_is_valid_python():
     compile(dref._DRIVER, dref._SCRIPT_NAME, "exec")
 

@@ -192,6 +192,14 @@ class DCDMTrainer:
         coeffs = coeffs.to(self.ritz_vectors.device)
         return ritz_rhs(self.ritz_vectors, coeffs, self.low, self.config.low_weight)
 
+    def training_vectors(self, index: torch.Tensor) -> torch.Tensor:
+        """The training vectors with these indices ``(k,)``, as unit rows ``(k, n)`` in float32.
+
+        With ``samples > 0`` the training set is the indices ``0 .. samples - 1`` (e.g. to hand the very same
+        data to another implementation).
+        """
+        return self._vectors(torch.as_tensor(index).reshape(-1))
+
     def _epoch_order(self, epoch: int) -> torch.Tensor:
         c = self.config
         if c.samples:
