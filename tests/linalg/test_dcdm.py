@@ -718,3 +718,19 @@ def test_trainer_refuses_other_operators_and_models():
     trainer = small_trainer(op)
     with pytest.raises(ValueError, match="rows"):
         DCDMTrainer.from_state(PoissonGrid((8, 8)), trainer.state_dict())
+
+
+def test_a_stalled_iteration_stops_as_stagnated():
+    """An untrained network with the paper's n_orth=2 stalls; DCDM says so instead of running to the cap."""
+    op, b = tank_system((8, 8))
+    torch.manual_seed(0)
+    net = DCDMNet(2)
+    sol = linear_solve(op, b, DCDM(net, rtol=1e-8, max_iters=1000, stall_iters=50), throw=False)
+    assert sol.status is Status.STAGNATED and sol.stats.iterations < 1000
+    best = sol.stats.extra["stalled_after"]
+    assert sol.stats.iterations == best + 50
+    h = sol.stats.residual_history
+    assert min(h[best + 1:]) >= 0.99 * h[best]  # truly no progress after the best iterate
+    assert "n_orth" in sol.message
+    with pytest.raises(ValueError, match="stall_iters"):
+        DCDM(stall_iters=0)

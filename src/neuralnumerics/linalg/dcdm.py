@@ -179,6 +179,9 @@ class DCDM(LinearSolver):
             operator product; keeps the stopping test honest when the network's directions are poor).
         rtol, atol: stopping tolerances on ``||b - A x||``.
         max_iters: iteration cap (default 1000).
+        stall_iters: stop with ``STAGNATED`` when the residual has not fallen below 0.99 of its best value for
+            this many iterations (a network whose directions have stopped helping; not in the paper, which
+            caps the iteration at 100); None never stops early.
 
     Raises (from :func:`~neuralnumerics.linalg.linear_solve`):
         ValueError: on an operator without a grid, or a model for the wrong dimension.
@@ -194,10 +197,14 @@ class DCDM(LinearSolver):
 
     def __init__(self, model: DCDMNet | str | os.PathLike | None = None, *, n_orth: int = 2,
                  true_residual: bool = True, rtol: float = 1e-6, atol: float = 0.0,
-                 max_iters: int | None = None) -> None:
+                 max_iters: int | None = None, stall_iters: int | None = 200) -> None:
         super().__init__(rtol=rtol, atol=atol, max_iters=max_iters)
         if isinstance(n_orth, bool) or not isinstance(n_orth, int) or n_orth < 0:
             raise ValueError(f"DCDM: n_orth must be a non-negative integer, got {n_orth!r}")
+        if stall_iters is not None and (isinstance(stall_iters, bool) or not isinstance(stall_iters, int)
+                                        or stall_iters < 1):
+            raise ValueError(f"DCDM: stall_iters must be a positive integer or None, got {stall_iters!r}")
+        self.stall_iters = stall_iters
         if isinstance(model, (str, os.PathLike)):
             model = load_dcdm_model(model)
         if model is not None and not isinstance(model, nn.Module):
@@ -220,9 +227,9 @@ class DCDM(LinearSolver):
         out[Status.MAX_ITERS] = (f"DCDM stopped at its iteration cap before reaching rtol={self.rtol:g}; a model "
                                  "trained longer (or on this grid's boundary conditions) needs fewer iterations; "
                                  "raise max_iters or use CG with a preconditioner.")
-        out[Status.STAGNATED] = ("DCDM's network gave a direction with no new information (A-orthogonal to the "
-                                 "residual or in the span of the last directions); the model does not suit this "
-                                 "system: check it was trained for this dimension and kind of boundary.")
+        out[Status.STAGNATED] = ("DCDM stopped making progress: its network's directions have become (nearly) "
+                                 "A-orthogonal to the error. Train the model longer, keep more directions "
+                                 "(n_orth=16), or check it was trained for this dimension and kind of boundary.")
         return out
 
     def direction(self, r: torch.Tensor, grid_shape: Sequence[int], fluid: torch.Tensor | None) -> torch.Tensor:
@@ -250,6 +257,7 @@ class DCDM(LinearSolver):
         if rnorm <= threshold:
             return x, Status.SUCCESS, state
         previous: deque[tuple[torch.Tensor, torch.Tensor, float]] = deque(maxlen=max(self.n_orth, 1))
+        best, best_it = rnorm, 0
         for it in range(self.iteration_cap(b.shape[0])):
             q = self.direction(r, grid_shape, fluid)
             if self.n_orth:
@@ -277,6 +285,11 @@ class DCDM(LinearSolver):
                 return x, Status.DIVERGED, state
             if rnorm <= threshold:
                 return x, Status.SUCCESS, state
+            if rnorm < 0.99 * best:
+                best, best_it = rnorm, it + 1
+            elif self.stall_iters is not None and it + 1 - best_it >= self.stall_iters:
+                stats.extra["stalled_after"] = best_it
+                return x, Status.STAGNATED, state
         return x, Status.MAX_ITERS, state
 
 
