@@ -121,3 +121,19 @@ def test_smoke_runs_with_dcdm_as_its_pressure_solver(one_thread):
         runs[name] = sim
     assert runs["dcdm"].rms_divergence() < 1e-8
     assert torch.allclose(runs["dcdm"].density, runs["cg"].density, atol=1e-7)
+
+
+def test_stable_fluids_takes_dcdm_as_its_pressure_solver(one_thread):
+    """The INSR fluids' grid baseline with DCDM (identity network: CG's iterates) matches its built-in CG."""
+    from neuralnumerics.classical import StableFluids2D
+    from neuralnumerics.pde.fluid import taylor_green_velocity
+
+    initial = taylor_green_velocity
+    a = StableFluids2D(16, initial=initial, obstacle=(0.3, 0.2, 0.3), solver="cg", rtol=1e-10)
+    b = StableFluids2D(16, initial=initial, obstacle=(0.3, 0.2, 0.3), solver=DCDM(rtol=1e-10))
+    a.run(3, 0.05)
+    b.run(3, 0.05)
+    assert b.solver_name == "DCDM" and b.rms_divergence() < 1e-8
+    assert torch.allclose(a.u, b.u, atol=1e-8) and torch.allclose(a.v, b.v, atol=1e-8)
+    with pytest.raises(ValueError, match="rtol is the solver's own"):
+        StableFluids2D(16, initial=initial, solver=DCDM(), rtol=1e-6)

@@ -33,7 +33,7 @@ import torch
 from .._status import Status, StepDivergedError
 from ..linalg.cg import CG, NotPositiveDefiniteError
 from ..linalg.preconditioners import IncompleteCholesky
-from ..linalg.solve import LinearSolveError, Solution, linear_solve
+from ..linalg.solve import LinearSolveError, LinearSolver, Solution, linear_solve
 from ..linalg.stencil import PoissonGrid
 
 __all__ = ["StableFluids2D"]
@@ -133,8 +133,10 @@ class StableFluids2D(_ProjectedFlow):
             cover at least one cell centre and leave at least one fluid cell.
         dtype: floating dtype of the state.
         device: device of the state.
-        solver: the pressure solver, a key of ``SOLVERS``: ``"pcg"`` (CG with
-            :class:`~neuralnumerics.linalg.IncompleteCholesky`, applied on the CPU) or ``"cg"`` (plain CG).
+        solver: the pressure solver: a key of ``SOLVERS``, ``"pcg"`` (CG with
+            :class:`~neuralnumerics.linalg.IncompleteCholesky`, applied on the CPU) or ``"cg"`` (plain CG); or
+            any :class:`~neuralnumerics.linalg.LinearSolver` instance, e.g. :class:`~neuralnumerics.linalg.DCDM`
+            (its own ``rtol`` applies; pass none here).
         rtol: relative residual tolerance of the pressure solve, in ``[10 eps, 1)`` of ``dtype``; default
             ``max(1e-8, 100 eps)`` (1e-8 in float64, about 1.2e-5 in float32).
         record_pressure: keep every step's pressure system in :attr:`pressure_systems`.
@@ -193,9 +195,15 @@ class StableFluids2D(_ProjectedFlow):
             raise ValueError(f"StableFluids2D: force must be a callable (points (m, 2), velocities (m, 2)) -> "
                              f"velocities (m, 2), got {type(force).__name__}")
         self.force = force
-        if solver not in SOLVERS:
-            raise ValueError(f"StableFluids2D: unknown solver {solver!r}; choose one of {sorted(SOLVERS)}")
+        custom = solver if isinstance(solver, LinearSolver) else None
+        if custom is None and solver not in SOLVERS:
+            raise ValueError(f"StableFluids2D: unknown solver {solver!r}; choose one of {sorted(SOLVERS)} or pass a "
+                             f"LinearSolver instance (e.g. DCDM(model))")
         eps = torch.finfo(dtype).eps
+        if custom is not None:
+            if rtol is not None:
+                raise ValueError("StableFluids2D: rtol is the solver's own when a LinearSolver is given; set it there")
+            rtol = max(custom.rtol, 10 * eps)
         if rtol is None:
             rtol = max(1e-8, 100 * eps)
         if isinstance(rtol, bool) or not isinstance(rtol, (int, float)) or not (0 < rtol < 1):
@@ -215,7 +223,7 @@ class StableFluids2D(_ProjectedFlow):
         self.lo, self.hi = lo, hi
         self.dtype = dtype
         self.device = torch.device(device)
-        self.solver_name = solver
+        self.solver_name = solver if custom is None else type(custom).__name__
         self.rtol = float(rtol)
         self.record_pressure = bool(record_pressure)
 
@@ -255,7 +263,7 @@ class StableFluids2D(_ProjectedFlow):
         self.op = PoissonGrid((n, ny), boundary="neumann", solid=self.solid, spacing=h, dtype=dtype,
                               device=self.device)
         self.preconditioner = IncompleteCholesky(self.op) if solver == "pcg" else None
-        self._cg = CG(rtol=self.rtol)
+        self._cg = custom if custom is not None else CG(rtol=self.rtol)
 
         self.t = 0.0
         self.steps = 0
