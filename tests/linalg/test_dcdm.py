@@ -734,3 +734,22 @@ def test_a_stalled_iteration_stops_as_stagnated():
     assert "n_orth" in sol.message
     with pytest.raises(ValueError, match="stall_iters"):
         DCDM(stall_iters=0)
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_a_hundredth():
+    op = PoissonGrid((8, 8), boundary=("neumann", ("neumann", "dirichlet")))
+    cfg = DCDMTrainConfig(lanczos_steps=30, samples=40, batch_size=10, lr=2e-3, epochs=2, validation=4,
+                          lr_schedule="cosine")
+    trainer = DCDMTrainer(op, cfg, seed=1)
+    lrs = []
+    for _ in range(2):
+        while not trainer.end_of_epoch():
+            trainer.train_batch()
+            lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        trainer.finish_epoch()
+    total = 8
+    expected = [2e-3 * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * k / total))) for k in range(total)]
+    assert lrs == pytest.approx(expected, rel=1e-12)
+    assert lrs[0] == pytest.approx(2e-3) and lrs == sorted(lrs, reverse=True)
+    with pytest.raises(ValueError, match="lr_schedule"):
+        DCDMTrainConfig(lr_schedule="step")
