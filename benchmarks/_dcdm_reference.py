@@ -46,6 +46,7 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+from _insr_reference import _substitute as _substitute_once  # noqa: E402
 from _insr_reference import missing_modules, run_driver  # noqa: E402
 
 __all__ = ["run_reference", "prepare_reference", "write_matrix", "write_vector", "reference_form",
@@ -84,14 +85,7 @@ def check_dcdm_checkout(checkout: str | os.PathLike) -> Path:
 
 def _substitute(path: Path, old: str, new: str, count: int = 1) -> None:
     """Replace ``old`` by ``new`` in ``path``; RuntimeError unless it occurs exactly ``count`` times."""
-    text = path.read_text()
-    found = text.count(old)
-    if found != count:
-        raise RuntimeError(
-            f"DCDM reference patch failed: expected {count} occurrence(s) of {old!r} in {path}, found {found}. "
-            f"The checkout differs from the one this harness was written for ({REFERENCE_URL} at 8cee1c5); "
-            "review the patches in benchmarks/_dcdm_reference.py before proceeding.")
-    path.write_text(text.replace(old, new))
+    _substitute_once(path, old, new, count, reference=f"DCDM ({REFERENCE_URL} at 8cee1c5)")
 
 
 def prepare_reference(checkout: str | os.PathLike, scratch: str | os.PathLike) -> list[str]:

@@ -92,13 +92,13 @@ def _relative_l2(values: Sequence[float], exact: Sequence[float]) -> float:
 # --------------------------------------------------------------------------- #
 # patching
 # --------------------------------------------------------------------------- #
-def _substitute(path: Path, old: str, new: str, count: int = 1) -> None:
+def _substitute(path: Path, old: str, new: str, count: int = 1, *, reference: str = "INSR") -> None:
     """Replace ``old`` by ``new`` in ``path``; raise unless it occurs exactly ``count`` times."""
     text = path.read_text()
     found = text.count(old)
     if found != count:
         raise RuntimeError(
-            f"INSR reference patch failed: expected {count} occurrence(s) of {old!r} "
+            f"{reference} reference patch failed: expected {count} occurrence(s) of {old!r} "
             f"in {path}, found {found}. The reference checkout differs from the one "
             "this harness was written against; review the patches before proceeding."
         )
