@@ -9,6 +9,7 @@ with ``--resume`` from its last checkpoint and ends with the same weights as an 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any, Callable
 
 import torch
 
-from .rundir import RunDir, RunDirError
+from .rundir import RunDir, RunDirError, _atomic_write
 
 __all__ = ["train_dcdm_run", "training_operator"]
 
@@ -142,9 +143,7 @@ def _metadata(resolved: dict[str, Any], trainer) -> dict[str, Any]:
 
 
 def _rewrite_metrics(rd: RunDir, history: list[dict[str, Any]]) -> None:
-    from .rundir import _atomic_write
-    import json
-
+    """Keep exactly the epochs a checkpoint covers (a killed run may have written more)."""
     _atomic_write(rd.metrics_path, "".join(json.dumps(r) + "\n" for r in history).encode())
 
 
