@@ -154,8 +154,8 @@ class DCDMTrainer:
         self.model = model.to(op.device).float()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         start = time.perf_counter()
+        m = min(config.lanczos_steps or 1000, n)  # Lanczos steps (the basis may come from a checkpoint)
         if ritz is None:
-            m = min(config.lanczos_steps or 1000, n)
             fluid = (~op.solid).reshape(-1).to(torch.float64)
             g = torch.randn(n, generator=torch.Generator().manual_seed(self.seed), dtype=torch.float64)
             v0 = self.op64.mv(g.to(op.device) * fluid)
@@ -167,7 +167,6 @@ class DCDMTrainer:
         self.ritz_vectors = ritz[1].to(device=op.device, dtype=torch.float32)
         self.lanczos_seconds = time.perf_counter() - start
         k = self.ritz_vectors.shape[1]
-        m = config.lanczos_steps or min(1000, n)
         theta = config.theta if config.theta is not None else max(1, m // 20)
         self.low = min(k, m // 2 + theta)
         if eval_rhs is None:
