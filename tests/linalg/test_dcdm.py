@@ -753,3 +753,12 @@ def test_cosine_schedule_decays_the_learning_rate_to_a_hundredth():
     assert lrs[0] == pytest.approx(2e-3) and lrs == sorted(lrs, reverse=True)
     with pytest.raises(ValueError, match="lr_schedule"):
         DCDMTrainConfig(lr_schedule="step")
+
+
+def test_finish_epoch_can_skip_the_evaluation_solve():
+    op = PoissonGrid((8, 8), boundary=("neumann", ("neumann", "dirichlet")))
+    trainer = DCDMTrainer(op, DCDMTrainConfig(lanczos_steps=30, samples=20, batch_size=10, validation=4), seed=2)
+    while not trainer.end_of_epoch():
+        trainer.train_batch()
+    record = trainer.finish_epoch(evaluate=False)
+    assert set(record) == {"epoch", "train_loss", "seconds"} and trainer.epoch == 1 and trainer.batch == 0

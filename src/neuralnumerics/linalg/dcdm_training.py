@@ -257,10 +257,11 @@ class DCDMTrainer:
         return {"validation_loss": val, "eval_iterations": sol.stats.iterations,
                 "eval_status": sol.status.value, "eval_residual": sol.stats.residual}
 
-    def finish_epoch(self) -> dict[str, Any]:
-        """Record the epoch that just ended (mean training loss, seconds, :meth:`evaluate`); start the next."""
+    def finish_epoch(self, *, evaluate: bool = True) -> dict[str, Any]:
+        """Record the epoch that just ended (mean training loss, seconds and, with ``evaluate``,
+        :meth:`evaluate`); start the next."""
         record = {"epoch": self.epoch + 1, "train_loss": self._epoch_loss / max(self.batch, 1),
-                  "seconds": self._epoch_seconds, **self.evaluate()}
+                  "seconds": self._epoch_seconds, **(self.evaluate() if evaluate else {})}
         self.epoch += 1
         self.batch = 0
         self._epoch_loss, self._epoch_seconds = 0.0, 0.0
