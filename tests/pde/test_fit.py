@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from neuralnumerics import Status
-from neuralnumerics.fields import SIREN, flat_params, functional_field, gradient, jacobian, laplacian
+from neuralnumerics.fields import (SIREN, flat_params, functional_field, gradient, jacobian, laplacian,
+                                  param_count)
 from neuralnumerics.pde import Box, FitConfig, ResidualTerm, fit_field
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -176,14 +177,17 @@ def test_fit_config_default_iteration_caps():
     assert FitConfig("adam", max_iters=7).iters == 7
 
 
+@pytest.mark.parametrize("blas", [True, False])
 @pytest.mark.parametrize("chunk_bytes", [16 * 2**20, 8 * 2 * 100])
-def test_lm_normal_equations_match_a_dense_jacobian(monkeypatch, chunk_bytes):
+def test_lm_normal_equations_match_a_dense_jacobian(monkeypatch, chunk_bytes, blas):
     # Oracle: the Jacobian of the whole stacked residual vector by plain reverse mode over the flat
     # weights (torch.autograd.functional.jacobian), then dense J^T J and J^T r. The fitter builds its
-    # J per point with vmap(jacrev), in row chunks (forced small here), and its Gram matrix by blocks.
+    # J per point with vmap(jacrev), in row chunks (forced small here), and its Gram matrix with SciPy's
+    # dsyrk (blas) or by torch's blocked products (the GPU path).
     from neuralnumerics.pde import fit as fit_module
 
     monkeypatch.setattr(fit_module, "_CHUNK_BYTES", chunk_bytes)
+    monkeypatch.setattr(fit_module, "_BLAS_GRAM", blas)
     module = SIREN(2, 2, 24, 2, first_omega=2.0, generator=torch.Generator().manual_seed(3), dtype=F64)
     box = Box((-1.0, -1.0), (1.0, 1.0))
     terms = [
@@ -293,3 +297,65 @@ def test_terms_with_per_point_data_keep_the_closed_form_jacobian():
         assert ne.closed_form == [order]
         J = torch.autograd.functional.jacobian(lambda th: fn(functional_field(module, th), rows).reshape(-1), theta)
         torch.testing.assert_close(torch.cat(chunks, dim=1).mT, J, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("order", [1, 2])
+def test_affine_terms_reuse_their_jet_coefficients_and_keep_the_exact_jacobian(monkeypatch, order):
+    """An affine term (ResidualTerm.affine) computes its residual's derivatives with respect to the jet once
+    per fit, per chunk of points; the Jacobian at other weights must still equal autograd's there."""
+    from neuralnumerics.pde import fit as fit_module
+
+    module = SIREN(2, 1, 16, 2, first_omega=3.0, generator=torch.Generator().manual_seed(6), dtype=F64)
+    monkeypatch.setattr(fit_module, "_CHUNK_BYTES", 8 * param_count(module) * 10)  # chunks of 10 points
+    prev = SIREN(2, 1, 16, 2, first_omega=3.0, generator=torch.Generator().manual_seed(7), dtype=F64)
+    box = Box((-1.0, -1.0), (1.0, 1.0))
+    w = torch.tensor([[0.5], [-2.0]], dtype=F64)
+    if order == 1:  # a midpoint-like step of u_t = w . grad u, with a point-dependent coefficient
+        fn = lambda u, x: (u(x) - prev(x)) / 0.1 - (gradient(u, x) + gradient(prev, x)) @ w * x[:, :1]  # noqa: E731
+    else:
+        fn = lambda u, x: u(x) - 0.05 * laplacian(u, x) * (1 + x[:, 1:]) - prev(x)  # noqa: E731
+    terms = [ResidualTerm("pde", fn, lambda g, q: box.sample(41, generator=g, quasi=q, dtype=F64), affine=True)]
+    theta = flat_params(module)
+    points = fit_module._fixed_points(terms, torch.Generator().manual_seed(0), theta)
+    ne = fit_module._NormalEquations(module, terms, points, [0.3])
+    calls = []
+    original = fit_module._jet_coefficients
+    monkeypatch.setattr(fit_module, "_jet_coefficients", lambda *a, **k: calls.append(1) or original(*a, **k))
+    first, _, _ = ne.linearize(theta, ne.residual(theta))
+    assert ne.closed_form == [order] and len(first) > 2
+    n_first = len(calls)
+    assert n_first >= len(first)  # one per chunk (and one per trial when the closed form was decided)
+    theta2 = theta + 0.3 * torch.randn(theta.shape, generator=torch.Generator().manual_seed(1), dtype=F64)
+    chunks, A, g = ne.linearize(theta2, ne.residual(theta2))
+    assert len(calls) == n_first  # reused, not recomputed
+
+    def stacked(th):
+        return (fn(functional_field(module, th), points[0]) * 0.3).reshape(-1)
+
+    J = torch.autograd.functional.jacobian(stacked, theta2)
+    torch.testing.assert_close(torch.cat(chunks, dim=1).mT, J, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(A, J.T @ J, rtol=1e-10, atol=1e-10)
+
+
+def test_closed_form_is_kept_when_large_weights_round_the_generic_jacobian_differently():
+    """Late in a long advection run the SIREN's weights are large and the two Jacobians differ by round-off
+    far above machine epsilon (here ~1e-12 relative); the closed form must still be chosen, and still agree
+    with autograd to round-off."""
+    from neuralnumerics.pde import Advection1D
+    from neuralnumerics.pde import fit as fit_module
+    from neuralnumerics.pde.integrators import get_integrator
+
+    field = SIREN(1, 1, 20, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
+    prev = SIREN(1, 1, 20, 2, generator=torch.Generator().manual_seed(2), dtype=F64)
+    with torch.no_grad():
+        for p in [*field.parameters(), *prev.parameters()]:
+            p.mul_(10.0)
+    terms = Advection1D().step_terms(get_integrator("midpoint"), prev, 0.0, 0.05)[:1]
+    theta = flat_params(field)
+    points = [fit_module._fixed_points(terms, torch.Generator().manual_seed(0), theta)[0][:64]]
+    ne = fit_module._NormalEquations(field, terms, points, [1.0])
+    chunks, _, _ = ne.linearize(theta, ne.residual(theta))
+    assert ne.closed_form == [1]
+    J = torch.autograd.functional.jacobian(lambda th: terms[0].fn(functional_field(field, th), points[0]).reshape(-1),
+                                           theta)
+    torch.testing.assert_close(torch.cat(chunks, dim=1).mT, J, rtol=0, atol=1e-9 * float(J.abs().max()))

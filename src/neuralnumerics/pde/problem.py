@@ -93,7 +93,7 @@ class Problem(ABC):
             raise ValueError(f"integrator {integrator.name!r} needs a linear, time-independent problem and "
                              f"{self.name!r} is not; use 'midpoint' or 'implicit-euler'")
         pde = ResidualTerm("pde", lambda u, x: integrator.residual(self.rhs, u, u_prev, x, t, dt),
-                           self.sampler(self.n_points))
+                           self.sampler(self.n_points), affine=self.linear and integrator.affine)
         return [pde] + self.boundary_terms(t + dt, integrator.operator_power)
 
     def config(self) -> dict:
