@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import importlib
 import math
 import os
 import platform
@@ -47,8 +48,10 @@ def pin_threads(n: int) -> dict[str, int]:
 
     Sets ``torch.set_num_threads(n)`` (intra-op), tries ``torch.set_num_interop_threads(n)`` (which
     torch only allows before its first parallel operation) and exports ``OMP_NUM_THREADS``,
-    ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` so child processes inherit the same count.
-    Returns the counts actually in effect: ``{"intra_op": ..., "interop": ...}``.
+    ``MKL_NUM_THREADS`` and ``OPENBLAS_NUM_THREADS`` so child processes inherit the same count; with
+    threadpoolctl installed (the ``bench`` extra), the BLAS libraries already loaded here are limited too.
+    Returns the counts actually in effect: ``{"intra_op": ..., "interop": ...}``, plus ``"blas"`` (the
+    largest thread count among the loaded BLAS libraries) when threadpoolctl is there.
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
@@ -59,7 +62,20 @@ def pin_threads(n: int) -> dict[str, int]:
         torch.set_num_interop_threads(n)
     except RuntimeError:  # already started; leave it
         pass
-    return {"intra_op": torch.get_num_threads(), "interop": torch.get_num_interop_threads()}
+    out = {"intra_op": torch.get_num_threads(), "interop": torch.get_num_interop_threads()}
+    # SciPy's and NumPy's OpenBLAS (the LM fits' Gram matrix) read OPENBLAS_NUM_THREADS only when they load;
+    # threadpoolctl also limits copies loaded already
+    try:
+        importlib.import_module("scipy.linalg")  # load SciPy's BLAS now, so that the limit below reaches it
+        from threadpoolctl import threadpool_info, threadpool_limits
+    except ImportError:
+        return out
+    _LIMITS.append(threadpool_limits(n))
+    out["blas"] = max((info["num_threads"] for info in threadpool_info()), default=n)
+    return out
+
+
+_LIMITS: list = []  # keeps threadpoolctl's limits in force for the life of the process
 
 
 def resolve_device(name: str) -> torch.device:
@@ -168,8 +184,9 @@ def machine_header(title: str, *, threads: dict[str, int] | int | None = None,
         if isinstance(threads, int):
             lines.append(f"- Threads: {threads}")
         else:
-            lines.append(f"- Threads: {threads['intra_op']} intra-op, {threads['interop']} inter-op "
-                         "(torch.set_num_threads; OMP/MKL_NUM_THREADS exported to subprocesses)")
+            blas = f", BLAS {threads['blas']} (threadpoolctl)" if "blas" in threads else ""
+            lines.append(f"- Threads: {threads['intra_op']} intra-op, {threads['interop']} inter-op{blas} "
+                         "(torch.set_num_threads; OMP/MKL/OPENBLAS_NUM_THREADS exported to subprocesses)")
     lines.extend(f"- {line}" for line in extra)
     lines.append(f"- Command: `{command_line(argv)}`")
     return "\n".join(lines) + "\n"

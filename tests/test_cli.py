@@ -300,3 +300,12 @@ def test_sequence_recycling_beats_independent_solves_and_writes_a_summary(tmp_pa
 def test_sequence_bad_arguments(args, message, capsys):
     assert main(["sequence", *args, "--count", "3", "--grid", "8", "--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two"])
+def test_threads_must_be_a_positive_integer(tmp_path, capsys, value):
+    with pytest.raises(SystemExit) as exc:
+        main(["run", "advection1d", "--threads", value, "--out", str(tmp_path / "x")])
+    assert exc.value.code == 2
+    assert f"--threads: must be a positive integer, got '{value}'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

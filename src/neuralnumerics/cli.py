@@ -16,6 +16,16 @@ from . import __version__
 __all__ = ["main"]
 
 
+def _threads(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return n
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="neuralnumerics", description="Neural and classical numerical methods.")
     parser.add_argument("--version", action="version", version=f"neuralnumerics {__version__}")
@@ -39,7 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--frame-every", type=int, help="write a frame every N steps (default: about 60 frames)")
     run.add_argument("--checkpoint-every", type=int,
                      help="checkpoint every N steps (default: the scenario's; 1 for simulations)")
-    run.add_argument("--threads", type=int, help="CPU threads for torch")
+    run.add_argument("--threads", type=_threads, help="CPU threads for torch and BLAS")
     run.add_argument("--out", help="run directory (default runs/SCENARIO)")
     run.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     run.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -65,7 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
     solve.add_argument("--max-iters", type=int, help="iteration cap of each solve")
     solve.add_argument("--seed", type=int, default=0, help="fixes the right-hand side")
     solve.add_argument("--device", choices=["cpu", "cuda"], help="default cpu")
-    solve.add_argument("--threads", type=int, help="CPU threads for torch")
+    solve.add_argument("--threads", type=_threads, help="CPU threads for torch and BLAS")
     solve.add_argument("--out", help="folder for summary.json and the pictures")
 
     seq = sub.add_parser("sequence", help="solve a generated sequence of PDE systems (SKR, bandit SOR, ...)",
@@ -80,7 +90,7 @@ def _build_parser() -> argparse.ArgumentParser:
     seq.add_argument("--no-sort", action="store_true", help="solve in the generated order")
     seq.add_argument("--rtol", type=float, default=1e-6)
     seq.add_argument("--seed", type=int, default=0, help="fixes the family")
-    seq.add_argument("--threads", type=int, help="CPU threads for torch")
+    seq.add_argument("--threads", type=_threads, help="CPU threads for torch and BLAS")
     seq.add_argument("--out", help="folder for summary.json and iterations.png")
     seq.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -110,7 +120,7 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpoint-every", type=int, default=200, help="batches between checkpoints")
     train.add_argument("--seed", type=int, default=0, help="fixes data, order and initial weights")
     train.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available, else cpu")
-    train.add_argument("--threads", type=int, help="CPU threads for torch")
+    train.add_argument("--threads", type=_threads, help="CPU threads for torch and BLAS")
     train.add_argument("--out", help="run directory (default runs/dcdm-GRID)")
     train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
     train.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -118,9 +128,27 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _train(parser, args, extra) -> int:
+def _set_threads(n: int) -> None:
+    """``--threads``: torch's intra-op threads, and SciPy's BLAS (the fits' Gram matrices) as well."""
+    import os
+    from importlib import import_module
+
     import torch
 
+    torch.set_num_threads(n)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(n)  # read when SciPy's BLAS loads
+    try:
+        import_module("scipy.linalg")  # load SciPy's BLAS now, so that the limit reaches it
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    _BLAS_LIMITS.append(threadpool_limits(n))
+
+
+_BLAS_LIMITS: list = []
+
+
+def _train(parser, args, extra) -> int:
     from .io import RunDirError
     from .io.dcdm_runs import train_dcdm_run
     from .io.linsolve import grid_shape
@@ -129,7 +157,7 @@ def _train(parser, args, extra) -> int:
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        _set_threads(args.threads)
     try:
         grid = grid_shape(args.grid)
         fields = {"epochs": args.epochs, "samples": args.samples, "batch_size": args.batch_size, "lr": args.lr,
@@ -193,14 +221,12 @@ def _list() -> None:
 
 
 def _solve(parser, args, extra) -> int:
-    import torch
-
     from .io.linsolve import grid_shape, solve_system
 
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        _set_threads(args.threads)
     try:
         summary = solve_system(args.problem, grid_shape(args.grid), solvers=args.solver, obstacle=args.obstacle,
                                open_top=not args.closed, rtol=args.rtol, max_iters=args.max_iters, seed=args.seed,
@@ -221,14 +247,12 @@ def _solve(parser, args, extra) -> int:
 
 
 def _sequence(parser, args, extra) -> int:
-    import torch
-
     from .io.linsolve import solve_family
 
     if extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.threads:
-        torch.set_num_threads(args.threads)
+        _set_threads(args.threads)
     try:
         summary = solve_family(args.family, count=args.count, grid=args.grid, solvers=args.solver,
                                sort=not args.no_sort, rtol=args.rtol, seed=args.seed, out=args.out,
@@ -259,7 +283,6 @@ def main(argv: list[str] | None = None) -> int:
         _list()
         return 0
 
-    import torch
 
     if args.command == "solve":
         return _solve(parser, args, extra)
@@ -276,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
         scenario = get_scenario(args.scenario)
         options = _scenario_options(scenario, extra)
         if args.threads:
-            torch.set_num_threads(args.threads)
+            _set_threads(args.threads)
         summary = run_scenario(
             args.scenario, out=args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.quiet,
             steps=args.steps, dt=args.dt, seed=args.seed, device=args.device, dtype=args.dtype,
