@@ -39,7 +39,7 @@ def test_insr_advection_quick(tmp_path):
     assert "✗" not in out  # no step failed the correctness check
     # totals and the grid baseline at equal memory
     assert "## Totals and ratio" in out and "| ours, midpoint |" in out
-    assert "| grid semi-lagrangian, equal memory | 901 cells | 3604 B |" in out
+    assert "| grid semi-lagrangian, equal memory | 901 cells | 7208 B |" in out
     # the same report is written to --out-md
     assert out_md.read_text().strip() == out.strip()
 
