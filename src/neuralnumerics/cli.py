@@ -100,6 +100,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                        "OUT/model.pt is loadable with DCDM(model=...) and `solve --model`.")
     train.add_argument("method", choices=["dcdm"])
     train.add_argument("--grid", default="64x64", help="training grid, e.g. 64x64 or 16x16x16 (default 64x64)")
+    train.add_argument("--eval-grid", help="evaluate each epoch at this larger grid of the same scene (e.g. "
+                       "128x128) and keep the epoch that solves it best as model.pt (the last is model_last.pt)")
     train.add_argument("--obstacle", default="none", choices=["none", "sphere", "box", "blob"],
                        help="obstacle in the training matrix (default none: the paper's empty box)")
     train.add_argument("--closed", action="store_true", help="closed top (a singular training matrix)")
@@ -148,6 +150,15 @@ def _set_threads(n: int) -> None:
 _BLAS_LIMITS: list = []
 
 
+def _eval_grid(text: str) -> tuple[int, ...]:
+    from .io.linsolve import grid_shape
+
+    try:
+        return grid_shape(text)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("--grid", "--eval-grid")) from None
+
+
 def _train(parser, args, extra) -> int:
     from .io import RunDirError
     from .io.dcdm_runs import train_dcdm_run
@@ -170,7 +181,8 @@ def _train(parser, args, extra) -> int:
         summary = train_dcdm_run(out, grid=grid, obstacle=args.obstacle, open_top=not args.closed, config=config,
                                  seed=args.seed, minutes=args.minutes, checkpoint_every=args.checkpoint_every,
                                  init=args.init, device=args.device, resume=args.resume, overwrite=args.overwrite,
-                                 progress=not args.quiet)
+                                 progress=not args.quiet,
+                                 eval_grid=None if args.eval_grid is None else _eval_grid(args.eval_grid))
     except (ValueError, RunDirError, FileNotFoundError, ImportError) as exc:
         print(f"neuralnumerics: error: {exc}", file=sys.stderr)
         return 2

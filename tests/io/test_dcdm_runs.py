@@ -137,3 +137,41 @@ def test_stable_fluids_takes_dcdm_as_its_pressure_solver(one_thread):
     assert torch.allclose(a.u, b.u, atol=1e-8) and torch.allclose(a.v, b.v, atol=1e-8)
     with pytest.raises(ValueError, match="rtol is the solver's own"):
         StableFluids2D(16, initial=initial, solver=DCDM(), rtol=1e-6)
+
+
+def test_train_with_a_larger_evaluation_grid_keeps_the_best_epoch(tmp_path, one_thread, capsys):
+    from neuralnumerics.io.dcdm_runs import training_operator
+
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert main(TRAIN + ["--eval-grid", "32x32", "--out", str(full)]) == 0
+    rows = _metrics(full)
+    summary = json.loads((full / "summary.json").read_text())
+    assert summary["eval_grid"] == [32, 32] and json.loads((full / "config.json").read_text())["eval_grid"] == [32, 32]
+    # the rule, written out: converged first, then fewest iterations, then lowest residual, latest on ties
+    best = min(rows, key=lambda r: (r["eval_status"] != "success", r["eval_iterations"], r["eval_residual"],
+                                    -r["epoch"]))
+    assert summary["selected_epoch"] == best["epoch"]
+    kept, last = load_dcdm_model(full / "model.pt"), load_dcdm_model(full / "model_last.pt")
+    same = all(torch.equal(a, b) for a, b in zip(kept.state_dict().values(), last.state_dict().values()))
+    assert same == (best["epoch"] == rows[-1]["epoch"])
+    # replay: each kept network solves the 32x32 evaluation system in the iterations its epoch recorded
+    op = training_operator((32, 32), seed=0)
+    ckpt = sorted((full / "checkpoints").iterdir())[-1]
+    b = torch.load(ckpt, weights_only=False)["eval_rhs"]
+    assert b.shape == (32 * 32,)
+    for model, row in ((kept, best), (last, rows[-1])):
+        sol = linear_solve(op, b, DCDM(model, rtol=1e-4, max_iters=500), throw=False)
+        assert sol.stats.iterations == row["eval_iterations"]
+    assert summary["evaluation"]["dcdm"]["iterations"] == best["eval_iterations"]
+
+    # resumed from inside the last epoch: the same metrics
+    shutil.copytree(full, cut)
+    (cut / "checkpoints" / "step_000012.pt").unlink()
+    assert main(TRAIN + ["--eval-grid", "32x32", "--out", str(cut), "--resume"]) == 0
+    assert _untimed(_metrics(cut)) == _untimed(rows)
+    capsys.readouterr()
+    assert main(TRAIN + ["--eval-grid", "32x32x32", "--out", str(tmp_path / "x")]) == 2
+    assert "--eval-grid 32x32x32 has 3 dimensions, the training grid 2" in capsys.readouterr().err
+    assert main(TRAIN + ["--eval-grid", "32", "--out", str(tmp_path / "x")]) == 2
+    assert "--eval-grid must have 2 or 3 sizes" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

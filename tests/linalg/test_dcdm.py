@@ -718,6 +718,33 @@ def test_trainer_refuses_other_operators_and_models():
     trainer = small_trainer(op)
     with pytest.raises(ValueError, match="rows"):
         DCDMTrainer.from_state(PoissonGrid((8, 8)), trainer.state_dict())
+    with pytest.raises(ValueError, match="evaluation operator must be a 2D PoissonGrid"):
+        DCDMTrainer(op, DCDMTrainConfig(lanczos_steps=10), eval_op=PoissonGrid((4, 4, 4)))
+    with pytest.raises(ValueError, match="eval_rhs has shape \\(36,\\), the evaluation operator has 144 cells"):
+        DCDMTrainer(op, DCDMTrainConfig(lanczos_steps=10), eval_op=PoissonGrid((12, 12)), eval_rhs=torch.ones(36))
+
+
+def test_trainer_evaluates_on_its_evaluation_operator_and_ranks_epochs():
+    op = PoissonGrid((8, 8), boundary=("neumann", ("neumann", "dirichlet")))
+    big = PoissonGrid((16, 16), boundary=("neumann", ("neumann", "dirichlet")))
+    trainer = DCDMTrainer(op, DCDMTrainConfig(lanczos_steps=30, samples=0, batch_size=4, validation=8, width=8,
+                                              pre_blocks=1, mid_blocks=1, post_blocks=1), seed=0, eval_op=big)
+    assert trainer.eval_rhs.shape == (256,) and trainer.best_epoch() is None
+    record = trainer.evaluate()
+    oracle = linear_solve(big, trainer.eval_rhs, DCDM(trainer.model, rtol=1e-4, max_iters=500), throw=False)
+    assert record["eval_iterations"] == oracle.stats.iterations
+    trainer.history = [
+        {"epoch": 1, "eval_status": "success", "eval_iterations": 30, "eval_residual": 1e-5},
+        {"epoch": 2, "eval_status": "stagnated", "eval_iterations": 12, "eval_residual": 1e-2},
+        {"epoch": 3, "eval_status": "success", "eval_iterations": 25, "eval_residual": 9e-5},
+        {"epoch": 4, "eval_status": "success", "eval_iterations": 25, "eval_residual": 2e-5},
+        {"epoch": 5, "train_loss": 0.1},  # not evaluated
+    ]
+    assert trainer.best_epoch() == 4
+    trainer.history[3]["eval_residual"] = 9e-5
+    assert trainer.best_epoch() == 4  # ties go to the later epoch
+    trainer.history[3]["eval_status"] = "max_iters"
+    assert trainer.best_epoch() == 3
 
 
 def test_a_stalled_iteration_stops_as_stagnated():

@@ -41,7 +41,7 @@ def training_operator(grid: tuple[int, ...], *, obstacle: str = "none", open_top
 def train_dcdm_run(out: str | Path, *, grid: tuple[int, ...], obstacle: str = "none", open_top: bool = True,
                    config=None, seed: int = 0, minutes: float | None = None, checkpoint_every: int = 200,
                    init: str | Path | None = None, device: str | None = None, resume: bool = False,
-                   overwrite: bool = False, progress: bool = True,
+                   overwrite: bool = False, progress: bool = True, eval_grid: tuple[int, ...] | None = None,
                    log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train a DCDM network on the smoke box's pressure matrix and keep everything in ``out``.
 
@@ -59,6 +59,9 @@ def train_dcdm_run(out: str | Path, *, grid: tuple[int, ...], obstacle: str = "n
         overwrite: replace ``out``.
         progress: a progress bar over batches (tqdm) with the running loss.
         log: where plain progress lines go (default stderr).
+        eval_grid: evaluate each epoch on the same scene at this (larger) grid instead of the training grid,
+            and keep as ``model.pt`` the epoch whose evaluation solve went best (``model_last.pt`` holds the
+            last epoch). Which epoch generalises to larger grids varies and the training loss does not tell.
 
     Returns:
         The summary (also written to ``summary.json``).
@@ -79,9 +82,17 @@ def train_dcdm_run(out: str | Path, *, grid: tuple[int, ...], obstacle: str = "n
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     resolved = {"method": "dcdm", "grid": list(grid), "obstacle": obstacle, "open_top": open_top, "seed": seed,
                 "init": None if init is None else str(init), "config": config.to_dict()}
+    if eval_grid is not None:
+        eval_grid = tuple(int(k) for k in eval_grid)
+        if len(eval_grid) != len(grid):
+            raise ValueError(f"--eval-grid {'x'.join(map(str, eval_grid))} has {len(eval_grid)} dimensions, the "
+                             f"training grid {len(grid)}")
+        resolved["eval_grid"] = list(eval_grid)
     log = log or (lambda s: print(s, file=sys.stderr, flush=True))
     rd = RunDir(out, resume=resume, overwrite=overwrite)
     op = training_operator(tuple(grid), obstacle=obstacle, open_top=open_top, seed=seed, device=dev)
+    eval_op = None if eval_grid is None else training_operator(eval_grid, obstacle=obstacle, open_top=open_top,
+                                                               seed=seed, device=dev)
     if resume:
         stored = rd.read_config()
         if stored != resolved:
@@ -90,7 +101,7 @@ def train_dcdm_run(out: str | Path, *, grid: tuple[int, ...], obstacle: str = "n
                               "pass the same options, or start a new run with --overwrite")
         steps = rd.checkpoint_steps()
         if steps:
-            trainer = DCDMTrainer.from_state(op, rd.load_checkpoint(steps[-1]))
+            trainer = DCDMTrainer.from_state(op, rd.load_checkpoint(steps[-1]), eval_op=eval_op)
         else:
             trainer = None
     else:
@@ -100,7 +111,7 @@ def train_dcdm_run(out: str | Path, *, grid: tuple[int, ...], obstacle: str = "n
         model = load_dcdm_model(init, device=dev) if init is not None else None
         if model is not None:
             model.train()
-        trainer = DCDMTrainer(op, config, model=model, seed=seed)
+        trainer = DCDMTrainer(op, config, model=model, seed=seed, eval_op=eval_op)
         rd.save_checkpoint(0, trainer.state_dict())
     # keep exactly the epochs the checkpoint covers
     _rewrite_metrics(rd, trainer.history)
@@ -119,7 +130,12 @@ def train_dcdm_run(out: str | Path, *, grid: tuple[int, ...], obstacle: str = "n
             if trainer.end_of_epoch():
                 record = trainer.finish_epoch()
                 rd.append_metrics(record)
-                save_dcdm_model(trainer.model, rd.path / "model.pt", metadata=_metadata(resolved, trainer))
+                if eval_grid is None:
+                    save_dcdm_model(trainer.model, rd.path / "model.pt", metadata=_metadata(resolved, trainer))
+                else:
+                    save_dcdm_model(trainer.model, rd.path / "model_last.pt", metadata=_metadata(resolved, trainer))
+                    if trainer.best_epoch() == record["epoch"]:
+                        save_dcdm_model(trainer.model, rd.path / "model.pt", metadata=_metadata(resolved, trainer))
                 rd.save_checkpoint(done, trainer.state_dict())
                 bar.epoch(record)
             elif trainer.batch % checkpoint_every == 0:
@@ -129,7 +145,7 @@ def train_dcdm_run(out: str | Path, *, grid: tuple[int, ...], obstacle: str = "n
     if stopped_early and trainer.batch:
         rd.save_checkpoint(done, trainer.state_dict())
     _prune_checkpoints(rd, keep=2)
-    summary = _summary(rd, trainer, op, resolved, stopped_early)
+    summary = _summary(rd, trainer, resolved, stopped_early)
     rd.write_summary(summary)
     _plot(rd, trainer)
     return summary
@@ -137,9 +153,13 @@ def train_dcdm_run(out: str | Path, *, grid: tuple[int, ...], obstacle: str = "n
 
 def _metadata(resolved: dict[str, Any], trainer) -> dict[str, Any]:
     last = trainer.history[-1] if trainer.history else {}
-    return {"trained_grid": resolved["grid"], "obstacle": resolved["obstacle"], "open_top": resolved["open_top"],
-            "epochs": trainer.epoch, "validation_loss": last.get("validation_loss"), "seed": resolved["seed"],
-            "config": resolved["config"]}
+    out = {"trained_grid": resolved["grid"], "obstacle": resolved["obstacle"], "open_top": resolved["open_top"],
+           "epochs": trainer.epoch, "validation_loss": last.get("validation_loss"), "seed": resolved["seed"],
+           "config": resolved["config"]}
+    if "eval_grid" in resolved:
+        out.update(eval_grid=resolved["eval_grid"], eval_iterations=last.get("eval_iterations"),
+                   eval_status=last.get("eval_status"))
+    return out
 
 
 def _rewrite_metrics(rd: RunDir, history: list[dict[str, Any]]) -> None:
@@ -152,21 +172,24 @@ def _prune_checkpoints(rd: RunDir, keep: int) -> None:
         rd.checkpoint_path(step).unlink(missing_ok=True)
 
 
-def _summary(rd: RunDir, trainer, op, resolved, stopped_early: bool) -> dict[str, Any]:
-    """Epochs, losses, and the evaluation system solved by DCDM beside CG and IC(0)-PCG."""
+def _summary(rd: RunDir, trainer, resolved, stopped_early: bool) -> dict[str, Any]:
+    """Epochs, losses, and the evaluation system solved by the kept model (``model.pt``) beside CG and IC(0)-PCG."""
     from ..linalg import CG, IncompleteCholesky, linear_solve
-    from ..linalg.dcdm import DCDM
+    from ..linalg.dcdm import DCDM, load_dcdm_model
 
     rtol = trainer.config.eval_rtol
     b = trainer.eval_rhs
+    op64 = trainer.eval_op64
+    kept = rd.path / "model.pt"
+    model = load_dcdm_model(kept, device=b.device) if kept.exists() else trainer.model
     solves = {}
-    for name, solver, M in (("dcdm", DCDM(trainer.model, rtol=rtol, max_iters=500), None),
+    for name, solver, M in (("dcdm", DCDM(model, rtol=rtol, max_iters=500), None),
                             ("cg", CG(rtol=rtol), None), ("cg+ic", CG(rtol=rtol), "ic")):
         if M == "ic":
-            if trainer.op64.singular:
+            if op64.singular:
                 continue
-            M = IncompleteCholesky(trainer.op64)
-        sol = linear_solve(trainer.op64, b, solver, M=M, throw=False)
+            M = IncompleteCholesky(op64)
+        sol = linear_solve(op64, b, solver, M=M, throw=False)
         solves[name] = {"iterations": sol.stats.iterations, "status": sol.status.value,
                         "seconds": sol.stats.seconds}
     last = trainer.history[-1] if trainer.history else {}
@@ -177,8 +200,16 @@ def _summary(rd: RunDir, trainer, op, resolved, stopped_early: bool) -> dict[str
             "training_seconds": sum(r["seconds"] for r in trainer.history),
             "lanczos_seconds": trainer.lanczos_seconds,
             "parameters": sum(p.numel() for p in trainer.model.parameters()),
-            "model": str(rd.path / "model.pt") if trainer.history else None,
+            "model": str(kept) if kept.exists() else None,
+            "eval_grid": list(op64.grid_shape), "selected_epoch": _selected_epoch(trainer, resolved),
             "evaluation": {"rtol": rtol, **solves}}
+
+
+def _selected_epoch(trainer, resolved) -> int | None:
+    """The epoch ``model.pt`` holds: the best evaluated one with ``eval_grid``, else the last."""
+    if "eval_grid" in resolved:
+        return trainer.best_epoch()
+    return trainer.epoch or None
 
 
 def _plot(rd: RunDir, trainer) -> None:

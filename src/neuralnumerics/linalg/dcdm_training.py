@@ -123,8 +123,12 @@ class DCDMTrainer:
         config: a :class:`DCDMTrainConfig`.
         model: a network to continue training (default: a new :class:`DCDMNet` from ``config``).
         seed: fixes the Ritz basis' start, the data set, its order and the initial weights.
-        eval_rhs: the right-hand side ``(n,)`` of the evaluation solve run after each epoch (default: a
-            smooth random field, :func:`~neuralnumerics.gallery.tank_system`'s kind, made consistent).
+        eval_rhs: the right-hand side of the evaluation solve run after each epoch, one entry per cell of
+            the evaluation operator (default: a smooth random field, :func:`~neuralnumerics.gallery.tank_system`'s
+            kind, made consistent).
+        eval_op: the operator of the evaluation solve (default ``op``). A larger grid of the same scene
+            measures what matters when the model will be used at larger sizes, which the training loss
+            does not predict.
         ritz: precomputed ``(values, vectors)`` (e.g. from a checkpoint), instead of running Lanczos.
 
     Attributes:
@@ -135,9 +139,13 @@ class DCDMTrainer:
 
     def __init__(self, op: PoissonGrid, config: DCDMTrainConfig | None = None, *, model: DCDMNet | None = None,
                  seed: int = 0, eval_rhs: torch.Tensor | None = None,
-                 ritz: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+                 ritz: tuple[torch.Tensor, torch.Tensor] | None = None, eval_op: PoissonGrid | None = None) -> None:
         if not isinstance(op, PoissonGrid):
             raise ValueError(f"DCDMTrainer: the training operator must be a PoissonGrid, got {type(op).__name__}")
+        eval_op = op if eval_op is None else eval_op
+        if not isinstance(eval_op, PoissonGrid) or len(eval_op.grid_shape) != len(op.grid_shape):
+            raise ValueError(f"DCDMTrainer: the evaluation operator must be a {len(op.grid_shape)}D PoissonGrid, "
+                             f"got {eval_op!r}")
         self.config = config = config or DCDMTrainConfig()
         self.seed = int(seed)
         dim = len(op.grid_shape)
@@ -169,8 +177,12 @@ class DCDMTrainer:
         k = self.ritz_vectors.shape[1]
         theta = config.theta if config.theta is not None else max(1, m // 20)
         self.low = min(k, m // 2 + theta)
+        self.eval_op64 = eval_op if eval_op.dtype == torch.float64 else _recast(eval_op, torch.float64)
         if eval_rhs is None:
-            eval_rhs = _smooth_rhs(op, self.seed)
+            eval_rhs = _smooth_rhs(eval_op, self.seed)
+        if eval_rhs.shape != (eval_op.shape[0],):
+            raise ValueError(f"DCDMTrainer: eval_rhs has shape {tuple(eval_rhs.shape)}, the evaluation operator "
+                             f"has {eval_op.shape[0]} cells")
         self.eval_rhs = eval_rhs.to(device=op.device, dtype=torch.float64)
         self.epoch = 0
         self.batch = 0
@@ -252,10 +264,17 @@ class DCDMTrainer:
         with torch.no_grad():
             val = float(sum(float(self.loss(chunk)) * len(chunk) for chunk in self._validation.split(50))
                         / len(self._validation))
-        sol = linear_solve(self.op64, self.eval_rhs, DCDM(self.model, rtol=self.config.eval_rtol, max_iters=500),
+        sol = linear_solve(self.eval_op64, self.eval_rhs, DCDM(self.model, rtol=self.config.eval_rtol, max_iters=500),
                            throw=False)
         return {"validation_loss": val, "eval_iterations": sol.stats.iterations,
                 "eval_status": sol.status.value, "eval_residual": sol.stats.residual}
+
+    def best_epoch(self) -> int | None:
+        """The completed epoch whose evaluation solve went best: converged first, then fewest iterations,
+        then lowest residual (the latest on ties); ``None`` before any evaluated epoch."""
+        scored = [(r["eval_status"] != "success", r["eval_iterations"], r["eval_residual"], -r["epoch"])
+                  for r in self.history if "eval_iterations" in r]
+        return -min(scored)[3] if scored else None
 
     def finish_epoch(self, *, evaluate: bool = True) -> dict[str, Any]:
         """Record the epoch that just ended (mean training loss, seconds and, with ``evaluate``,
@@ -279,8 +298,8 @@ class DCDMTrainer:
                 "eval_rhs": self.eval_rhs.cpu()}
 
     @classmethod
-    def from_state(cls, op: PoissonGrid, state: dict[str, Any]) -> DCDMTrainer:
-        """Rebuild a trainer saved with :meth:`state_dict` (on the same operator)."""
+    def from_state(cls, op: PoissonGrid, state: dict[str, Any], *, eval_op: PoissonGrid | None = None) -> DCDMTrainer:
+        """Rebuild a trainer saved with :meth:`state_dict` (on the same operator and evaluation operator)."""
         config = DCDMTrainConfig.from_dict(state["config"])
         model = DCDMNet(**state["model_config"])
         model.load_state_dict(state["model"])
@@ -288,7 +307,7 @@ class DCDMTrainer:
             raise ValueError(f"DCDMTrainer: the saved Ritz basis has {state['ritz_vectors'].shape[0]} rows, the "
                              f"operator {op.shape[0]}")
         trainer = cls(op, config, model=model, seed=state["seed"], eval_rhs=state["eval_rhs"],
-                      ritz=(state["ritz_values"], state["ritz_vectors"]))
+                      ritz=(state["ritz_values"], state["ritz_vectors"]), eval_op=eval_op)
         trainer.optimizer.load_state_dict(state["optimizer"])
         trainer.epoch, trainer.batch = int(state["epoch"]), int(state["batch"])
         trainer.history = list(state["history"])
