@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import datetime as _dt
-import importlib
 import math
 import os
 import platform
@@ -25,6 +24,8 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
+
+from neuralnumerics._threads import set_threads
 
 __all__ = [
     "REPO_ROOT", "pin_threads", "cpu_model", "gpu_names", "machine_info", "machine_header", "command_line",
@@ -55,27 +56,17 @@ def pin_threads(n: int) -> dict[str, int]:
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"threads must be a positive integer, got {n!r}")
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
-    torch.set_num_threads(n)
+    blas = set_threads(n)  # torch intra-op, OPENBLAS_NUM_THREADS and the loaded BLAS libraries
     try:
         torch.set_num_interop_threads(n)
     except RuntimeError:  # already started; leave it
         pass
     out = {"intra_op": torch.get_num_threads(), "interop": torch.get_num_interop_threads()}
-    # SciPy's and NumPy's OpenBLAS (the LM fits' Gram matrix) read OPENBLAS_NUM_THREADS only when they load;
-    # threadpoolctl also limits copies loaded already
-    try:
-        importlib.import_module("scipy.linalg")  # load SciPy's BLAS now, so that the limit below reaches it
-        from threadpoolctl import threadpool_info, threadpool_limits
-    except ImportError:
-        return out
-    _LIMITS.append(threadpool_limits(n))
-    out["blas"] = max((info["num_threads"] for info in threadpool_info()), default=n)
+    if blas is not None:
+        out["blas"] = blas
     return out
-
-
-_LIMITS: list = []  # keeps threadpoolctl's limits in force for the life of the process
 
 
 def resolve_device(name: str) -> torch.device:

@@ -309,3 +309,18 @@ def test_threads_must_be_a_positive_integer(tmp_path, capsys, value):
     assert exc.value.code == 2
     assert f"--threads: must be a positive integer, got '{value}'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_set_threads_limits_torch_and_the_loaded_blas():
+    from neuralnumerics._threads import set_threads
+
+    before = torch.get_num_threads()
+    try:
+        blas = set_threads(1)
+        assert torch.get_num_threads() == 1
+        threadpoolctl = pytest.importorskip("threadpoolctl")
+        assert blas == 1
+        assert all(info["num_threads"] == 1 for info in threadpoolctl.threadpool_info()
+                   if info["user_api"] == "blas")
+    finally:
+        torch.set_num_threads(before)

@@ -132,22 +132,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def _set_threads(n: int) -> None:
     """``--threads``: torch's intra-op threads, and SciPy's BLAS (the fits' Gram matrices) as well."""
-    import os
-    from importlib import import_module
+    from ._threads import set_threads
 
-    import torch
-
-    torch.set_num_threads(n)
-    os.environ["OPENBLAS_NUM_THREADS"] = str(n)  # read when SciPy's BLAS loads
-    try:
-        import_module("scipy.linalg")  # load SciPy's BLAS now, so that the limit reaches it
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return
-    _BLAS_LIMITS.append(threadpool_limits(n))
-
-
-_BLAS_LIMITS: list = []
+    set_threads(n)
 
 
 def _eval_grid(text: str) -> tuple[int, ...]:
