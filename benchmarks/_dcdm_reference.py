@@ -14,9 +14,10 @@ local checkout, whose ``src/`` and ``lib/`` are copied into a scratch directory 
    the trained weights loaded into a graph rebuilt for the system's resolution (the ``batch_input_shape``
    of the saved ``model.json`` rewritten, as the authors made their ``model_N{N}_from{K}`` models).
 
-Public entry points: :func:`run_reference` (everything), :func:`prepare_reference`, :func:`write_matrix`,
-:func:`write_vector`, :func:`reference_form`, :func:`missing_dependencies`, and :class:`ReferenceUnavailable`
-(raised when the interpreter cannot import TensorFlow etc., so that a benchmark can say so and go on).
+Public entry points: :func:`run_reference` (everything), :func:`dcdmnet_from_keras` (the reference's weights in
+our network), :func:`prepare_reference`, :func:`write_matrix`, :func:`write_vector`, :func:`reference_form`,
+:func:`missing_dependencies`, and :class:`ReferenceUnavailable` (raised when the interpreter cannot import
+TensorFlow etc., so that a benchmark can say so and go on).
 
 The reference needs TensorFlow <= 2.15 (Keras 2): Keras 3 cannot save its weights as ``model.h5`` nor set
 ``optimizer.lr``. A separate site directory holding ``tensorflow-cpu==2.15.1`` (which brings numpy 1.26)
@@ -49,7 +50,7 @@ if str(_HERE) not in sys.path:
 from _insr_reference import _substitute as _substitute_once  # noqa: E402
 from _insr_reference import missing_modules, run_driver  # noqa: E402
 
-__all__ = ["run_reference", "prepare_reference", "write_matrix", "write_vector", "reference_form",
+__all__ = ["run_reference", "dcdmnet_from_keras", "prepare_reference", "write_matrix", "write_vector", "reference_form",
            "missing_dependencies", "reference_env", "check_dcdm_checkout", "ReferenceUnavailable",
            "REFERENCE_DEPENDENCIES", "REFERENCE_URL", "CHECKOUT_FILES"]
 
@@ -63,7 +64,7 @@ CHECKOUT_FILES = ("src/train.py", "src/test_all_cg.py", "src/datasetcreate.py", 
 _EXAMPLE = "smoke_passing_bunny"
 _SCRIPT_NAME = "_neuralnumerics_dcdm_driver.py"
 _MANAGED = ("src", "lib", "data", "training", "systems", "train.log", "driver.log", "records.jsonl",
-            "driver_spec.json", _SCRIPT_NAME)
+            "driver_spec.json", "weights_initial.npz", "weights_trained.npz", "probe.npz", _SCRIPT_NAME)
 
 
 class ReferenceUnavailable(RuntimeError):
@@ -365,6 +366,18 @@ _DRIVER = textwrap.dedent(
     if spec["seed"] is not None:  # python, numpy (the reference's shuffles) and TF (initial weights)
         tf.keras.utils.set_random_seed(spec["seed"])
     train = spec["train"]
+
+    # an observer, not a patch: the weights train.py's network has when its first model.fit starts
+    _fit = tf.keras.Model.fit
+
+
+    def _fit_recording_initial_weights(self, *args, **kwargs):
+        if not os.path.exists(train["initial_weights"]):
+            np.savez(train["initial_weights"], *self.get_weights())
+        return _fit(self, *args, **kwargs)
+
+
+    tf.keras.Model.fit = _fit_recording_initial_weights
     t0 = time.perf_counter()
     g = run_script("train.py", train["argv"], train["log"])
     wall = time.perf_counter() - t0
@@ -374,6 +387,11 @@ _DRIVER = textwrap.dedent(
           "epoch_seconds": [float(s) for _, s in re.findall(r"Time for epoch =\\s+(\\d+)\\s+is\\s+(\\S+)", text)],
           "epoch_losses": [float(v) for v in re.findall(r"Training loss at i =\\s+(\\S+)", text)],
           "effective_lr": float(lr.group(1)) if lr else None, "params": int(g["model"].count_params())})
+    tf.keras.Model.fit = _fit
+    # the trained weights (layer order), and the network's output on a fixed input to check a port against
+    probe = np.random.default_rng(12345).standard_normal((1,) + tuple(g["model"].input_shape[1:])).astype(np.float32)
+    np.savez(train["trained_weights"], *g["model"].get_weights())
+    np.savez(train["probe"], x=probe, y=g["model"](probe, training=False).numpy())
     del g
     tf.keras.backend.clear_session()
 
@@ -448,6 +466,53 @@ def _tail(path: Path, chars: int = 3000) -> str:
         return ""
 
 
+def _load_arrays(path: Path) -> list[np.ndarray]:
+    """The arrays of an ``np.savez(path, *arrays)`` file, in their order."""
+    with np.load(path) as z:
+        return [z[f"arr_{i}"] for i in range(len(z.files))]
+
+
+def dcdmnet_from_keras(weights: Sequence[np.ndarray]):
+    """Our :class:`~neuralnumerics.linalg.DCDMNet` holding the reference network's Keras weights.
+
+    ``weights`` is ``model.get_weights()`` of the reference's network (as :func:`run_reference` returns them):
+    kernel and bias of every convolution in the order train.py creates them (input convolution, the
+    full-resolution pairs, the half-resolution blocks, the blocks after upsampling), then the ``Dense`` layer.
+    Keras kernels are ``(k, k, k, in, out)`` cross-correlations on channels-last data; PyTorch's are
+    ``(out, in, k, k, k)`` on channels-first data, so each kernel is only transposed. The block counts are
+    read from the number of layers: 16 (15 convolutions and the dense layer) are the "64" network, 24 the
+    "128" one.
+    """
+    import torch
+
+    from neuralnumerics.linalg import DCDMNet
+
+    arrays = [np.asarray(w, dtype=np.float32) for w in weights]
+    if len(arrays) % 2 or not arrays or arrays[0].ndim not in (4, 5):
+        raise ValueError(f"dcdmnet_from_keras: expected (kernel, bias) pairs of Conv2D/Conv3D layers, got "
+                         f"{len(arrays)} arrays of shapes {[a.shape for a in arrays][:4]}...")
+    dim = arrays[0].ndim - 2
+    layers = len(arrays) // 2
+    blocks = {16: (2, 3, 2), 24: (3, 5, 3)}.get(layers)
+    if blocks is None:
+        raise ValueError(f"dcdmnet_from_keras: {layers} layers match neither the reference's '64' network (16) nor "
+                         "its '128' network (24)")
+    width = arrays[0].shape[-1]
+    net = DCDMNet(dim, width=width, pre_blocks=blocks[0], mid_blocks=blocks[1], post_blocks=blocks[2])
+    convs = [net.inp, *net.pre, *net.mid, *net.post, net.out]
+    with torch.no_grad():
+        for conv, kernel, bias in zip(convs, arrays[0::2], arrays[1::2]):
+            if kernel.ndim == 2:  # the Dense layer: (in, out), a 1x1(x1) convolution
+                kernel = kernel.reshape((1,) * dim + kernel.shape)
+            w = torch.from_numpy(np.ascontiguousarray(np.moveaxis(kernel, (-2, -1), (1, 0))))
+            if w.shape != conv.weight.shape or bias.shape != conv.bias.shape:
+                raise ValueError(f"dcdmnet_from_keras: a kernel of shape {kernel.shape} does not fit "
+                                 f"{tuple(conv.weight.shape)}")
+            conv.weight.copy_(w)
+            conv.bias.copy_(torch.from_numpy(bias))
+    return net.eval()
+
+
 # --------------------------------------------------------------------------- #
 # public entry point
 # --------------------------------------------------------------------------- #
@@ -492,7 +557,7 @@ def run_reference(checkout: str | os.PathLike, *, train_matrix, train_rhs, grid:
         ``{"patches": [str, ...],
         "train": {"seconds", "seconds_per_sample", "steady_seconds_per_sample", "wall_seconds", "epoch_seconds",
         "epoch_losses", "final_loss", "samples", "epochs", "batch_size", "loading_number", "lr", "effective_lr",
-        "params"},
+        "params", "initial_weights", "trained_weights", "probe"},
         "solves": {name: {"grid", "iterations", "residual", "true_residual", "residuals", "converged", "seconds",
         "dropped_rows"}},
         "versions": {"tensorflow", "keras", "numpy", "scipy", "h5py", "python"},
@@ -504,6 +569,10 @@ def run_reference(checkout: str | os.PathLike, *, train_matrix, train_rhs, grid:
         includes tracing the Keras training function; ``None`` for one epoch). ``wall_seconds`` is the whole
         train.py run (also building the network and loading the matrix). ``epoch_losses``/``final_loss`` are
         train.py's printed "Training loss" (mean over chunks of Keras' running mean of the batch losses).
+        ``initial_weights`` / ``trained_weights`` are the network's ``get_weights()`` when train.py's first
+        ``model.fit`` starts (recorded by the driver, which wraps ``fit`` without changing it) and after training
+        (for :func:`dcdmnet_from_keras`); ``probe`` is ``(x, y)``: a fixed input on the training grid and the
+        trained network's output on it.
 
         Per system: ``residuals`` is the reference's ``res_arr`` divided by ``||b||`` (``x0 = 0``: relative
         residuals ``||b - A x_k|| / ||b||`` computed by the reference with its float32 ``A``), ``iterations``
@@ -626,7 +695,9 @@ def run_reference(checkout: str | os.PathLike, *, train_matrix, train_rhs, grid:
         driver_path.write_text(_DRIVER)
         spec_path.write_text(json.dumps({
             "src_dir": str(work / "src"), "threads": int(threads), "seed": seed, "out": str(out_path),
-            "train": {"argv": train_argv, "log": str(work / "train.log"), "saved_dir": str(saved_dir), "N": N},
+            "train": {"argv": train_argv, "log": str(work / "train.log"), "saved_dir": str(saved_dir), "N": N,
+                      "initial_weights": str(work / "weights_initial.npz"),
+                      "trained_weights": str(work / "weights_trained.npz"), "probe": str(work / "probe.npz")},
             "solves": solves}, indent=1))
         env = reference_env(site, threads, lib_paths=(work / "lib", work / "src"))
         returncode, timed_out, wall, records = run_driver(python, driver_path, spec_path, work / "src", env, out_path,
@@ -655,6 +726,10 @@ def run_reference(checkout: str | os.PathLike, *, train_matrix, train_rhs, grid:
                  "epochs": int(epochs), "batch_size": int(batch_size), "loading_number": L, "lr": float(lr),
                  "effective_lr": tr["effective_lr"], "params": tr["params"],
                  "dropped_rows": int(dropped_train.sum())}
+        train["initial_weights"] = _load_arrays(work / "weights_initial.npz")
+        train["trained_weights"] = _load_arrays(work / "weights_trained.npz")
+        with np.load(work / "probe.npz") as z:
+            train["probe"] = (z["x"], z["y"])
         results = {}
         for (name, M, A, b), rec, s in zip(systems, done, solves):
             res = np.asarray(rec["residuals"], dtype=np.float64)

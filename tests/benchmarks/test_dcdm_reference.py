@@ -84,6 +84,76 @@ def poisson3d(n: int, solid: np.ndarray | None = None) -> sp.csr_matrix:
 # --------------------------------------------------------------------------- #
 # fast tests
 # --------------------------------------------------------------------------- #
+def keras_forward(weights: list[np.ndarray], x: np.ndarray) -> np.ndarray:
+    """The reference's Keras "64" network written out in NumPy, channels last: ``x`` is ``(N, N, N, 1)``.
+
+    Conv3D with ``padding='same'`` is a cross-correlation with a ``(3, 3, 3, in, out)`` kernel over a zero-padded
+    input; AveragePooling3D(2) averages 2x2x2 blocks; UpSampling3D(2) repeats every cell; Dense maps channels.
+    Residual adds come after the ReLU, in train.py's order.
+    """
+    pairs = iter(zip(weights[0::2], weights[1::2]))
+
+    def conv(h, relu=True):
+        k, bias = next(pairs)
+        p = np.pad(h, ((1, 1), (1, 1), (1, 1), (0, 0)))
+        n = h.shape[:3]
+        y = sum(p[i:i + n[0], j:j + n[1], l:l + n[2]] @ k[i, j, l] for i in range(3) for j in range(3) for l in range(3))
+        y = y + bias
+        return np.maximum(y, 0) if relu else y
+
+    x0 = conv(x, relu=False)
+    la = conv(x0)
+    lb = conv(la)
+    la = conv(lb) + la
+    lb = conv(la)
+    n = lb.shape[0] // 2
+    apa = lb.reshape(n, 2, n, 2, n, 2, -1).mean(axis=(1, 3, 5))
+    for _ in range(3):
+        apb = conv(apa)
+        apa = conv(apb) + apa
+    upa = apa.repeat(2, 0).repeat(2, 1).repeat(2, 2) + lb
+    for _ in range(2):
+        upb = conv(upa)
+        upa = conv(upb) + upa
+    k, bias = next(pairs)
+    return upa @ k + bias
+
+
+def test_keras_weights_port_to_our_network():
+    """The reference's layout (kernels (3,3,3,in,out), creation order, Dense last) lands in DCDMNet unchanged."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    shapes = [(3, 3, 3, 1, 16)] + [(3, 3, 3, 16, 16)] * 14 + [(16, 1)]
+    weights = []
+    for shape in shapes:
+        weights += [rng.normal(0, 0.3, shape).astype(np.float32), rng.normal(0, 0.1, shape[-1]).astype(np.float32)]
+    net = dref.dcdmnet_from_keras(weights)
+    assert sum(p.numel() for p in net.parameters()) == 97457
+    x = rng.standard_normal((6, 6, 6, 1)).astype(np.float32)
+    expected = keras_forward([w.astype(np.float64) for w in weights], x.astype(np.float64))[..., 0]
+    with torch.no_grad():
+        ours = net(torch.from_numpy(x[..., 0])[None, None])[0, 0].double().numpy()
+    assert np.abs(ours - expected).max() < 1e-5 * np.abs(expected).max()
+    # a swapped in/out kernel axis is not the same network
+    swapped = list(weights)
+    swapped[2] = np.ascontiguousarray(np.swapaxes(swapped[2], 3, 4))
+    with torch.no_grad():
+        other = dref.dcdmnet_from_keras(swapped)(torch.from_numpy(x[..., 0])[None, None])[0, 0].double().numpy()
+    assert np.abs(other - expected).max() > 1e-2 * np.abs(expected).max()
+
+
+def test_keras_port_rejects_what_is_not_the_reference_network():
+    with pytest.raises(ValueError, match="pairs"):
+        dref.dcdmnet_from_keras([np.zeros((3, 3, 3, 1, 16))])
+    with pytest.raises(ValueError, match="neither"):
+        dref.dcdmnet_from_keras([np.zeros((3, 3, 3, 1, 16)), np.zeros(16)] * 5)
+    weights = [np.zeros((3, 3, 3, 1, 16)), np.zeros(16)] + [np.zeros((3, 3, 3, 16, 16)), np.zeros(16)] * 14
+    weights += [np.zeros((16, 2)), np.zeros(2)]  # two output channels
+    with pytest.raises(ValueError, match="does not fit"):
+        dref.dcdmnet_from_keras(weights)
+
+
 def test_matrix_writer_round_trips(tmp_path):
     A = sp.random(27, 27, density=0.2, random_state=1, format="csr") + sp.identity(27)
     A = A.tocoo()
@@ -277,3 +347,13 @@ def test_reference_trains_and_solves_a_small_poisson_system(checkout, tmp_path):
     assert box["converged"] and box["residual"] < 1e-4 and box["true_residual"] < 2e-4
     assert box["iterations"] == len(box["residuals"]) - 1 >= 1 and box["residuals"][0] == pytest.approx(1.0)
     assert box["seconds"] > 0
+    # the recorded weights: 16 layers before and after training, and the trained ones port to our network
+    import torch
+
+    initial, trained = train["initial_weights"], train["trained_weights"]
+    assert len(initial) == len(trained) == 32 and initial[2].shape == (3, 3, 3, 16, 16)
+    assert not np.allclose(initial[2], trained[2])
+    probe_x, probe_y = train["probe"]
+    with torch.no_grad():
+        ours = dref.dcdmnet_from_keras(trained)(torch.from_numpy(probe_x[..., 0]).unsqueeze(1))[:, 0].numpy()
+    assert np.abs(ours - probe_y[..., 0]).max() < 1e-5 * np.abs(probe_y).max()
