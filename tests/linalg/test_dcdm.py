@@ -789,3 +789,35 @@ def test_finish_epoch_can_skip_the_evaluation_solve():
         trainer.train_batch()
     record = trainer.finish_epoch(evaluate=False)
     assert set(record) == {"epoch", "train_loss", "seconds"} and trainer.epoch == 1 and trainer.batch == 0
+
+
+@pytest.mark.parametrize("dim,n", [(2, 12), (3, 6)])
+def test_channels_last_weights_are_the_same_network(dim, n, tmp_path):
+    """The faster CPU layout changes strides only: same outputs as the default layout, saved and reloaded."""
+    fmt = torch.channels_last if dim == 2 else torch.channels_last_3d
+    torch.manual_seed(0)
+    plain = DCDMNet(dim)
+    for p in plain.parameters():  # nonzero biases, so that a bias mix-up would show
+        p.data.add_(0.01 * torch.randn_like(p))
+    fast = DCDMNet(dim)
+    fast.load_state_dict(plain.state_dict())
+    assert fast.channels_last() is fast
+    assert fast.pre[0].weight.is_contiguous(memory_format=fmt)
+    assert not plain.pre[0].weight.is_contiguous(memory_format=fmt)
+    x = torch.randn(3, 1, *(n,) * dim)
+    with torch.no_grad():
+        want = plain(x)
+        torch.testing.assert_close(fast(x), want, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(fast(x[:1, 0]), want[:1, 0], rtol=1e-5, atol=1e-6)  # batch 1, no channel axis
+        reloaded = load_dcdm_model(save_dcdm_model(fast, tmp_path / "m.pt"))
+        torch.testing.assert_close(reloaded(x), want, rtol=1e-5, atol=1e-6)
+
+
+def test_solver_and_trainer_store_cpu_weights_channels_last():
+    op = PoissonGrid((8, 8, 8))
+    net = DCDMNet(3)
+    sol = linear_solve(op, torch.ones(op.shape[0], dtype=torch.float64), DCDM(net, rtol=1e-6), throw=False)
+    assert sol.stats.iterations > 0
+    assert net.pre[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    trainer = DCDMTrainer(PoissonGrid((8, 8)), DCDMTrainConfig(samples=20, validation=2, lanczos_steps=20))
+    assert trainer.model.pre[0].weight.is_contiguous(memory_format=torch.channels_last)

@@ -159,7 +159,7 @@ class DCDMTrainer:
                                 post_blocks=config.post_blocks)
         elif model.dim != dim:
             raise ValueError(f"DCDMTrainer: the model is {model.dim}D and the operator {dim}D")
-        self.model = model.to(op.device).float()
+        self.model = model.to(op.device).float().channels_last()
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=config.lr)
         start = time.perf_counter()
         m = min(config.lanczos_steps or 1000, n)  # Lanczos steps (the basis may come from a checkpoint)
