@@ -184,3 +184,12 @@ def test_sliced_wasserstein_quick(tmp_path):
         assert needle in out, needle
     if reference:
         assert "| ref LCV-SW |" in out and "Ours / reference variance (same directions)" in out
+
+
+@pytest.mark.slow
+def test_dcdm_layout_quick(tmp_path):
+    proc, out_md = _run_quick("dcdm_layout.py", tmp_path)
+    out = _check_quick_report(proc, out_md, "DCDM network on the CPU", "dcdm_layout.py")
+    for row in ("| 16x16 |", "| 8x8x8 |"):
+        assert row in out, row
+    assert "✗" not in out  # both layouts gave the same outputs
