@@ -1,7 +1,7 @@
 """Benchmark: the DCDM network on the CPU in PyTorch's default layout against channels-last.
 
     python benchmarks/dcdm_layout.py [--sizes-2d 32,64,128,256,512] [--sizes-3d 8,16,32,64] [--threads 1]
-        [--repeats 5] [--out-md PATH] [--quick]
+        [--repeats 9] [--out-md PATH] [--quick]
 
 ``DCDMNet.channels_last()`` stores the weights channels-last on the CPU, and ``DCDM`` and ``DCDMTrainer``
 call it. This benchmark measures what that buys, in one process, with the same weights and inputs in
@@ -12,14 +12,17 @@ both layouts:
 - a training step: forward and backward of a batch of 10 (the paper's batch size) through
   :func:`~neuralnumerics.linalg.dcdm.dcdm_loss` on the grid's Poisson operator.
 
-Each figure is the median of ``--repeats`` timed calls after one untimed call. Both layouts must give the
+Each figure is the median of ``--repeats`` timed calls after one untimed call; the two layouts' calls
+alternate, because this machine's speed drifts by up to 2x within minutes. Both layouts must give the
 same outputs (largest difference over largest value, at most 1e-5), else the row says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
+import time
 from pathlib import Path
 
 _HERE = Path(__file__).resolve().parent
@@ -28,8 +31,8 @@ if str(_HERE) not in sys.path:
 
 import torch  # noqa: E402
 
-from _common import (REPO_ROOT, fmt_seconds, log, machine_header, markdown_table, median_time,  # noqa: E402
-                     pin_threads, write_markdown)
+from _common import (REPO_ROOT, fmt_seconds, log, machine_header, markdown_table, pin_threads,  # noqa: E402
+                     write_markdown)
 
 TITLE = "DCDM network on the CPU: default layout against channels-last"
 DEFAULT_OUT = REPO_ROOT / "docs" / "benchmarks" / "dcdm_layout.md"
@@ -62,11 +65,18 @@ def measure(dim: int, n: int, repeats: int) -> list:
         loss.backward()
         return loss.detach()
 
-    times = {}
+    times: dict[tuple[str, str], list[float]] = {}
     outs = {}
-    for name, net in (("default", plain), ("channels-last", fast)):
-        times[name, "infer"], _, outs[name, "infer"] = median_time(lambda: infer(net), repeats=repeats)
-        times[name, "step"], _, outs[name, "step"] = median_time(lambda: step(net), repeats=repeats)
+    nets = (("default", plain), ("channels-last", fast))
+    for kind, fn in (("infer", infer), ("step", step)):
+        for name, net in nets:  # one untimed call each
+            outs[name, kind] = fn(net)
+        for _ in range(repeats):  # interleaved, so that a drift in the machine's speed hits both alike
+            for name, net in nets:
+                start = time.perf_counter()
+                outs[name, kind] = fn(net)
+                times.setdefault((name, kind), []).append(time.perf_counter() - start)
+    times = {key: statistics.median(v) for key, v in times.items()}
     ref = outs["default", "infer"]
     diff = float((outs["channels-last", "infer"] - ref).abs().max() / ref.abs().max())
     diff = max(diff, abs(float(outs["channels-last", "step"] / outs["default", "step"]) - 1))
@@ -83,7 +93,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes-2d", default="32,64,128,256,512", help="cells per side of the 2D grids")
     parser.add_argument("--sizes-3d", default="8,16,32,64", help="cells per side of the 3D grids")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per figure (the median is printed)")
+    parser.add_argument("--repeats", type=int, default=9, help="timed calls per figure (the median is printed)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--quick", action="store_true", help="16x16 and 8^3, 2 repeats (seconds)")
     parser.add_argument("--out-md", type=Path, default=None)
@@ -98,7 +108,8 @@ def main(argv=None) -> int:
         for n in (int(s) for s in sizes.split(",") if s.strip()):
             log(f"{dim}D {n}")
             rows.append(measure(dim, n, args.repeats))
-    extra = [f"Median of {args.repeats} timed calls after one untimed call; same weights and inputs in both layouts",
+    extra = [f"Median of {args.repeats} timed calls after one untimed call, the two layouts alternating; same weights "
+             "and inputs in both",
              "Inference: one residual (batch 1) under torch.inference_mode; training step: forward + backward of "
              "dcdm_loss on a batch of 10"]
     if args.quick:
