@@ -86,9 +86,10 @@ class DCDMNet(nn.Module):
     def channels_last(self) -> DCDMNet:
         """Store the weights channels-last if they are on the CPU (same values); returns ``self``.
 
-        oneDNN's CPU convolutions are faster on channels-last tensors: 1.1-1.5x for this network's
-        inference (2D 32^2-512^2, 3D 8^3-64^3) and 1.2-1.5x for a training step (measured on this
-        project's 2-core machine). :meth:`forward` then hands its input over in the same layout.
+        oneDNN's CPU convolutions are mostly faster on channels-last tensors. For this network, one thread:
+        inference 1.1-1.5x from 64x64 and 8^3 up (0.93x at 32x32); a training step 1.2-1.7x in 2D and
+        0.96-1.3x in 3D (``benchmarks/dcdm_layout.py``, docs/benchmarks/dcdm_layout.md). :meth:`forward`
+        then hands its input over in the same layout.
         :class:`DCDM` and :class:`~neuralnumerics.linalg.DCDMTrainer` call this; other devices are left as
         they are.
         """
